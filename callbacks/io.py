@@ -1,0 +1,42 @@
+"""Run-folder outputs written so that a crash never leaves a half-written file in place of a good one."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The run folder: the logger's versioned folder when there is one, else ``default_root_dir``."""
+    path = Path(trainer.log_dir or trainer.default_root_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w", suffix: str = "") -> None:
+    """Write through ``write(file_object)`` into a temporary file next to ``path``, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def update_json(path: Path, section: str, values: dict, extra: dict | None = None) -> dict:
+    """Set ``section`` of the JSON file at ``path`` (created if absent), atomically."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[section] = values
+    data.update(extra or {})
+    atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=True))
+    return data

@@ -1,0 +1,127 @@
+"""The shared retrieval-evaluation callback: the evaluation protocol is configuration, not code."""
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from callbacks.distributed import embed_dataset
+from callbacks.evaluate import evaluate_retrieval
+from callbacks.io import run_dir, update_json
+
+log = logging.getLogger(__name__)
+
+#: candidate set name in the config -> (exact_topk ``candidates``, key infix)
+CANDIDATE_SETS = {"all": ("all", ""), "same_patient": ("same_group", "same_patient/"),
+                  "cross_patient": ("other_group", "cross_patient/")}
+
+
+class RetrievalEvaluation(Callback):
+    """Embeds query and gallery splits with ``embed()``, searches exactly, logs metrics every epoch.
+
+    Protocol (all configuration):
+        gallery_split: split searched (``train``: the un-augmented training set, as in the CT-liver paper);
+            ``None`` = leave-one-out inside the query split (the query itself is never retrieved).
+        val_query_split / test_query_split: splits giving the queries in validation and test.
+        relevance: ``same_label``, ``label_overlap`` (multi-label, shares >= 1 finding) or
+            ``shared_label_count`` (graded), see ``callbacks.relevance``.
+        distance: ``cosine``, ``euclidean`` or ``hamming``; None = the module's ``search_space``.
+        k_values, metrics: cut-offs and metric families (``mP``, ``P``, ``AP``, ``nDCG``, ``nDCG_lin``,
+            ``kNN``), definitions in ``callbacks.retrieval_metrics`` / METRICS.md.
+        candidate_sets: ``all`` (keys ``val/mP@5``), ``same_patient`` / ``cross_patient`` (keys
+            ``val/same_patient/AP@10``...), restricting the gallery by ``group_key``.
+
+    Under DDP every rank embeds its shard, all ranks gather and de-duplicate by dataset index, then compute
+    the same numbers, so ``ModelCheckpoint(monitor="val/mP@5")`` works on any rank. Validation and test
+    results are also written to ``metrics.json`` in the run folder (rank 0, atomic write).
+    """
+
+    def __init__(self, gallery_split: str | None = "train", val_query_split: str = "val",
+                 test_query_split: str = "test", relevance: str = "same_label", distance: str | None = None,
+                 k_values: list[int] = (1, 5, 10),
+                 metrics: list[str] = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN"),
+                 candidate_sets: list[str] = ("all",), label_key: str = "label", group_key: str = "patient_id",
+                 every_n_epochs: int = 1, batch_size: int | None = None,
+                 metrics_filename: str = "metrics.json"):
+        unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
+        if unknown:
+            raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs={every_n_epochs}: expected >= 1")
+        self.gallery_split = gallery_split
+        self.query_splits = {"val": val_query_split, "test": test_query_split}
+        self.relevance = relevance
+        self.distance = distance
+        self.k_values = sorted(set(int(k) for k in k_values))
+        self.metrics = list(metrics)
+        self.candidate_sets = list(candidate_sets)
+        self.label_key = label_key
+        self.group_key = group_key
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.metrics_filename = metrics_filename
+        self.last_results: dict[str, dict[str, float]] = {}
+
+    # -- protocol ------------------------------------------------------------------------------------
+    def _embed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "retrieval_dataset"):
+            raise TypeError("RetrievalEvaluation needs a DataModule with retrieval_dataset(split) "
+                            "(subclass datamodules.base.RetrievalDataModule)")
+        return embed_dataset(trainer, pl_module, dm.retrieval_dataset(split),
+                             batch_size=self.batch_size or dm.batch_size, num_workers=dm.num_workers,
+                             keys=(self.label_key, self.group_key))
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
+        """Run the protocol for ``stage`` (``val`` or ``test``); returns ``{"<stage>/<key>": value}``."""
+        query_split = self.query_splits[stage]
+        queries = self._embed(trainer, pl_module, query_split)
+        loo = self.gallery_split is None or self.gallery_split == query_split
+        gallery = queries if loo else self._embed(trainer, pl_module, self.gallery_split)
+        distance = self.distance or getattr(pl_module, "search_space", "cosine")
+        results: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for name in self.candidate_sets:
+            candidates, infix = CANDIDATE_SETS[name]
+            needs_groups = candidates != "all"
+            values = evaluate_retrieval(
+                queries["embedding"], gallery["embedding"], queries[self.label_key], gallery[self.label_key],
+                k_values=self.k_values, distance=distance, relevance=self.relevance, metrics=self.metrics,
+                query_ids=queries["index"] if loo else None, gallery_ids=gallery["index"] if loo else None,
+                query_groups=queries[self.group_key] if needs_groups else None,
+                gallery_groups=gallery[self.group_key] if needs_groups else None, candidates=candidates)
+            for key, value in values.items():
+                target = counts if key.startswith("n_") else results
+                target[f"{stage}/{infix}{key}"] = float(value)
+        self._write(trainer, stage, {**results, **counts}, query_split, distance)
+        return results
+
+    def _write(self, trainer: pl.Trainer, stage: str, values: dict[str, float], query_split: str,
+               distance: str) -> None:
+        self.last_results[stage] = values
+        if trainer.is_global_zero:
+            protocol = {"query_split": query_split, "gallery_split": self.gallery_split or "leave-one-out",
+                        "relevance": self.relevance, "distance": distance, "k_values": self.k_values,
+                        "candidate_sets": self.candidate_sets}
+            section = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                       "protocol": protocol, "metrics": values}
+            update_json(run_dir(trainer) / self.metrics_filename, stage, section)
+
+    def _log(self, pl_module: pl.LightningModule, results: dict[str, float]) -> None:
+        for key, value in results.items():
+            # Identical on every rank by construction: no reduction needed.
+            pl_module.log(key, value, on_epoch=True, sync_dist=False, batch_size=1)
+
+    # -- Lightning hooks -----------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        fitting = trainer.state.fn == "fit"
+        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if fitting and (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
+            return
+        self._log(pl_module, self.evaluate(trainer, pl_module, "val"))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(pl_module, self.evaluate(trainer, pl_module, "test"))

@@ -1,0 +1,36 @@
+"""timm backbones by name, with optional local pretrained weights (nothing is downloaded)."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch.nn as nn
+
+
+def create_backbone(name: str, pretrained: Optional[str] = None, in_chans: int = 3) -> nn.Module:
+    """Create the timm model ``name`` as a feature extractor (``num_classes=0``: pooled features).
+
+    Args:
+        name: any timm model name (``timm.list_models()``), e.g. ``resnet50``.
+        pretrained: path to a local weights file (``.pth``/``.safetensors``/``.bin``) loaded through
+            timm's ``pretrained_cfg_overlay=dict(file=...)``; ``None`` = random initialisation. Nothing is
+            ever downloaded.
+        in_chans: input channels.
+
+    The returned module's ``num_features`` is the embedding width (2048 for ResNet-50).
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {close}?" if close else ""
+        raise ValueError(f"model.backbone={name!r} is not a timm model name{hint} (see timm.list_models())")
+    kwargs = dict(num_classes=0, in_chans=in_chans)
+    if pretrained:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.pretrained={pretrained!r}: weights file not found (expected a local .pth/.safetensors "
+                f"file for {name}; downloads are not possible here)")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    return timm.create_model(name, **kwargs)

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny synthetic datasets written once per session, and the CLI run in-process."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """A tiny Task03_Liver phantom: 8 labelled volumes of 32 x 32 x 24 voxels."""
+    from datamodules.synthetic.ct_liver_phantom import write_liver_phantom
+
+    root = tmp_path_factory.mktemp("phantom") / "Task03_Liver"
+    write_liver_phantom(root, n_volumes=8, n_test_volumes=1, shape=(32, 32, 24), seed=0)
+    return root
+
+
+def tiny_overrides(run_dir: Path, data_root: Path, image_size: int = 32) -> List[str]:
+    """CLI arguments shrinking a phantom config to a few seconds of CPU work inside ``run_dir``."""
+    return [f"--data.init_args.data_root={data_root}", f"--data.init_args.image_size={image_size}",
+            "--data.init_args.train_volumes=5", "--data.init_args.num_workers=0",
+            "--data.init_args.slices_with_liver=3", "--data.init_args.slices_without_liver=2",
+            "--data.init_args.batch_size=8", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """The single metrics.json written under ``run_dir``."""
+    found = sorted(run_dir.rglob("metrics.json"))
+    assert len(found) == 1, found
+    return json.loads(found[0].read_text())
