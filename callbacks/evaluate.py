@@ -94,7 +94,7 @@ def _scan(rule: Rule, q_labels: Tensor, g_labels: Tensor, k: int, graded: bool, 
 def relevant_candidates(rule: Rule, q_labels: Tensor, g_labels: Tensor, k: int, *,
                         query_ids: Tensor | None = None, gallery_ids: Tensor | None = None,
                         query_groups: Tensor | None = None, gallery_groups: Tensor | None = None,
-                        candidates: str = "all", query_chunk: int = 1024, gallery_chunk: int = 16384
+                        candidates: str = "all", query_chunk: int = 4096, gallery_chunk: int = 4096
                         ) -> tuple[Tensor, Tensor]:
     """R (number of relevant candidates) [Q] and the ideal top-k relevances [Q, k] (descending) over the
     candidates ``exact_topk`` searches (same ``candidate_mask``), in blocks; for binary rules the ideal
@@ -104,7 +104,7 @@ def relevant_candidates(rule: Rule, q_labels: Tensor, g_labels: Tensor, k: int, 
     ids = None if query_ids is None or gallery_ids is None else (query_ids, gallery_ids)
     groups = None if candidates == "all" else (query_groups, gallery_groups)
     keys = [q_labels, g_labels] + list(ids or ()) + list(groups or ())
-    if isinstance(rule, SameLabel) and not any(t.is_floating_point() for t in keys):
+    if isinstance(rule, SameLabel) and q_labels.ndim == 1 and not any(t.is_floating_point() for t in keys):
         r, ideal = _same_label_counts(q_labels, g_labels, ids, groups, candidates), None
     else:
         r, ideal = _scan(rule, q_labels, g_labels, k, not is_binary(rule), aux, candidates,
@@ -120,7 +120,7 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
                        metrics: Sequence[str] = METRICS,
                        query_ids: ArrayLike | None = None, gallery_ids: ArrayLike | None = None,
                        query_groups: ArrayLike | None = None, gallery_groups: ArrayLike | None = None,
-                       candidates: str = "all", query_chunk: int = 1024, gallery_chunk: int = 16384,
+                       candidates: str = "all", query_chunk: int = 4096, gallery_chunk: int = 4096,
                        return_neighbours: bool = False):
     """Exact retrieval metrics (METRICS.md) as a flat dict: ``{metric}@{k}`` for each k in ``k_values``
     and each of ``metrics`` (mP, P, AP, nDCG [exp gain], nDCG_lin [linear gain], kNN), plus the counts

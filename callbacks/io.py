@@ -12,7 +12,10 @@ import pytorch_lightning as pl
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
-    """The run folder: the logger's versioned folder when there is one, else ``default_root_dir``."""
+    """The run folder: the logger's versioned folder when there is one, else ``default_root_dir``.
+
+    Under DDP ``trainer.log_dir`` broadcasts from rank 0, so every rank must call this (not rank 0 only).
+    """
     path = Path(trainer.log_dir or trainer.default_root_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -28,7 +31,8 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w", suff
             write(f)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
 
 

@@ -33,9 +33,9 @@ class EmbeddingWriter(BasePredictionWriter):
         expected = len(trainer.datamodule.retrieval_dataset(split)) if hasattr(trainer.datamodule,
                                                                                "retrieval_dataset") else None
         merged = gather_by_index(trainer, local, expected=expected)
+        path = run_dir(trainer) / self.filename.format(split=split)  # collective: call on every rank
         if trainer.is_global_zero:
             arrays = {k: v.numpy() for k, v in merged.items()}
             arrays.update(split=np.array(split), search_space=np.array(getattr(pl_module, "search_space", "")))
-            path = run_dir(trainer) / self.filename.format(split=split)
             atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb", suffix=".npz")
             self.last_path = path

@@ -100,13 +100,14 @@ class RetrievalEvaluation(Callback):
     def _write(self, trainer: pl.Trainer, stage: str, values: dict[str, float], query_split: str,
                distance: str) -> None:
         self.last_results[stage] = values
+        folder = run_dir(trainer)  # a collective under DDP (broadcast): every rank must call it
         if trainer.is_global_zero:
             protocol = {"query_split": query_split, "gallery_split": self.gallery_split or "leave-one-out",
                         "relevance": self.relevance, "distance": distance, "k_values": self.k_values,
                         "candidate_sets": self.candidate_sets}
             section = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                        "protocol": protocol, "metrics": values}
-            update_json(run_dir(trainer) / self.metrics_filename, stage, section)
+            update_json(folder / self.metrics_filename, stage, section)
 
     def _log(self, pl_module: pl.LightningModule, results: dict[str, float]) -> None:
         for key, value in results.items():

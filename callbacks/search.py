@@ -135,7 +135,7 @@ def _merge(d: Tensor, i: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine", *,
                query_ids: Tensor | None = None, gallery_ids: Tensor | None = None,
                query_groups: Tensor | None = None, gallery_groups: Tensor | None = None,
-               candidates: str = "all", query_chunk: int = 1024, gallery_chunk: int = 16384
+               candidates: str = "all", query_chunk: int = 4096, gallery_chunk: int = 4096
                ) -> tuple[Tensor, Tensor]:
     """Exact k nearest gallery items of each query: ``(distances [Q,k] float32, indices [Q,k] int64)``.
 

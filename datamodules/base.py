@@ -12,27 +12,42 @@ are part of the method); the DataModule asks the attached module for them in :me
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+import os
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
+
+from datamodules.sampling import EpochSeededSampler, ResumableDataLoader, sample_seed
 
 SPLITS = ("train", "val", "test")
 
 
 class TransformedDataset(Dataset):
-    """Applies a dict transform on top of another dataset's samples (copying the dict first)."""
+    """Applies a random dict transform (a method's views) on top of another dataset's samples.
 
-    def __init__(self, base: Dataset, transform: Optional[Callable[[dict], dict]]):
+    The transform's randomness is seeded per sample from (seed, epoch, index): keys are ``(epoch, index)``
+    pairs from :class:`EpochSeededSampler`, or plain indices (epoch -1, so held-out views are the same every
+    epoch). Results do not depend on worker count, DDP rank or restarts; the caller's RNG is left untouched.
+    """
+
+    def __init__(self, base: Dataset, transform: Optional[Callable[[dict], dict]], seed: int = 0):
         self.base = base
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> dict:
-        sample = dict(self.base[i])
-        return self.transform(sample) if self.transform is not None else sample
+    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> dict:
+        epoch, index = key if isinstance(key, (tuple, list)) else (-1, key)
+        sample = dict(self.base[index])
+        if self.transform is None:
+            return sample
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, int(index)))
+            return self.transform(sample)
 
 
 class RetrievalDataModule(pl.LightningDataModule):
@@ -44,10 +59,12 @@ class RetrievalDataModule(pl.LightningDataModule):
         predict_split: which split ``predict`` embeds.
         train_views: explicit view transform; when None the attached LightningModule's
             ``view_transform()`` is used (the usual case).
+        seed: seed of the training order and of every sample's augmentation; None = the run's
+            ``seed_everything`` value (``PL_GLOBAL_SEED``), else 0.
     """
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, predict_split: str = "test",
-                 train_views: Optional[Callable[[dict], dict]] = None):
+                 train_views: Optional[Callable[[dict], dict]] = None, seed: Optional[int] = None):
         super().__init__()
         if predict_split not in SPLITS:
             raise ValueError(f"predict_split={predict_split!r}: expected one of {SPLITS}")
@@ -55,6 +72,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.predict_split = predict_split
         self.train_views = train_views
+        self.seed = seed
         self.datasets: Dict[str, Dataset] = {}
 
     # -- to implement in subclasses -------------------------------------------------------------
@@ -78,21 +96,36 @@ class RetrievalDataModule(pl.LightningDataModule):
             raise KeyError(f"split {split!r} not available; this DataModule has {sorted(self.datasets)}")
         return self.datasets[split]
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=False)
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    @property
+    def run_seed(self) -> int:
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _views_dataset(self, split: str) -> TransformedDataset:
+        return TransformedDataset(self.retrieval_dataset(split), self.train_views, seed=self.run_seed)
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch the trainer has finished (exact at any checkpoint)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
-        ds = TransformedDataset(self.retrieval_dataset("train"), self.train_views)
-        drop_last = len(ds) > self.batch_size
-        return self._loader(ds, shuffle=True, drop_last=drop_last)
+        """Shuffled (seed, epoch) order with seeded views; resumes mid-epoch from any checkpoint."""
+        ds = self._views_dataset("train")
+        sampler = EpochSeededSampler(ds, seed=self.run_seed, shuffle=True)
+        return ResumableDataLoader(ds, batch_size=self.batch_size, sampler=sampler,
+                                   batches_done=self._batches_done, drop_last=len(sampler) > self.batch_size,
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(TransformedDataset(self.retrieval_dataset("val"), self.train_views))
+        return self._loader(self._views_dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(TransformedDataset(self.retrieval_dataset("test"), self.train_views))
+        return self._loader(self._views_dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.retrieval_dataset(self.predict_split))

@@ -172,9 +172,10 @@ class DecathlonLiverDataModule(RetrievalDataModule):
                  slices_without_liver: int = 5, train_volumes: int = 100, val_volumes: int = 0,
                  window: tuple[float, float] = (-200.0, 300.0), slice_seed: int = 0,
                  cache_dir: str | None = None, synthesize_if_missing: bool = False, phantom_volumes: int = 16,
-                 batch_size: int = 32, num_workers: int = 2, predict_split: str = "test", train_views=None):
+                 batch_size: int = 32, num_workers: int = 2, predict_split: str = "test", train_views=None,
+                 seed: int | None = None):
         super().__init__(batch_size=batch_size, num_workers=num_workers, predict_split=predict_split,
-                         train_views=train_views)
+                         train_views=train_views, seed=seed)
         for key, value, low in (("image_size", image_size, 8), ("slices_with_liver", slices_with_liver, 0),
                                 ("slices_without_liver", slices_without_liver, 0),
                                 ("train_volumes", train_volumes, 1),

@@ -28,6 +28,7 @@ def tiny_overrides(run_dir: Path, data_root: Path, image_size: int = 32) -> List
             "--data.init_args.train_volumes=5", "--data.init_args.num_workers=0",
             "--data.init_args.slices_with_liver=3", "--data.init_args.slices_without_liver=2",
             "--data.init_args.batch_size=8", "--trainer.enable_progress_bar=false",
+            f"--data.init_args.cache_dir={run_dir / 'cache'}",
             f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lightning_modules.components.relax import RELAX
 
@@ -116,16 +117,21 @@ def test_fill_value_reaches_embed():
     assert masked.min() == pytest.approx(-1.0, abs=1e-6) and masked.max() == pytest.approx(2.0, abs=1e-6)
 
 
-def test_masks_shift_is_reflect_pad_and_crop():
+def test_masks_are_bilinear_upsampling_with_reflect_pad_and_crop_shift():
+    # Independent path: F.interpolate(bilinear, align_corners=False) of the drawn grids, numpy reflect pad
+    # by 3 on each side, crop at the drawn offsets (dy, dx) in {0..6} (the reference code for 7 cells).
     relax = RELAX(grid_size=7, max_shift=6)
-    grids, shifts = relax.draw(8, torch.Generator().manual_seed(0))
+    grids, shifts = relax.draw(16, torch.Generator().manual_seed(0))
     assert shifts.min() >= 0 and shifts.max() <= 6 and len(shifts.unique()) > 1
-    base = RELAX(grid_size=7).upsample(grids, shifts, 20, 24).numpy()
+    base = F.interpolate(grids[:, None], size=(20, 24), mode="bilinear", align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(RELAX(grid_size=7).upsample(grids, 0 * shifts, 20, 24).numpy(), base,
+                               atol=1e-6)
     padded = np.pad(base, ((0, 0), (3, 3), (3, 3)), mode="reflect")
     shifted = relax.upsample(grids, shifts, 20, 24).numpy()
     for k, (dy, dx) in enumerate(shifts.tolist()):
-        np.testing.assert_array_equal(shifted[k], padded[k, dy:dy + 20, dx:dx + 24])
-    assert 0.0 <= shifted.min() and shifted.max() <= 1.0
+        np.testing.assert_allclose(shifted[k], padded[k, dy:dy + 20, dx:dx + 24], atol=1e-6)
+    assert -1e-6 <= shifted.min() and shifted.max() <= 1 + 1e-6
+    torch.testing.assert_close(relax.masks(16, 20, 24), relax.upsample(grids, shifts, 20, 24))
 
 
 def conv_embed() -> nn.Module:
@@ -135,7 +141,7 @@ def conv_embed() -> nn.Module:
 
 
 def test_deterministic_and_independent_of_mask_batch_size(images):
-    net = conv_embed()
+    net, images = conv_embed(), images[:1]
     runs = [RELAX(num_masks=200, mask_batch_size=bs, seed=5).explain(net, images) for bs in (7, 50, 100)]
     again = RELAX(num_masks=200, mask_batch_size=7, seed=5).explain(net, images)
     assert torch.equal(runs[0].importance, again.importance)

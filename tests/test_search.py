@@ -186,3 +186,15 @@ def test_cuda_matches_cpu():
     assert ic.device.type == "cuda"
     np.testing.assert_array_equal(ic.cpu().numpy(), i.numpy())
     np.testing.assert_allclose(dc.cpu().numpy(), d.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_wide_blocks_with_duplicates_across_blocks(distance):
+    # Two full 2816-column gallery blocks and a 368-column tail; 8-bit hamming codes give ties everywhere.
+    q, g = _data(distance, 50, 6000, 8, seed=7)
+    g[4000:4100] = g[10]                                       # duplicates across blocks
+    for k in (1, 5):
+        d, i = exact_topk(q, g, k, distance, query_chunk=32, gallery_chunk=2816)
+        ref_d, ref_i = _reference(q, g, k, distance)
+        np.testing.assert_array_equal(i.numpy(), ref_i)
+        _close(d.numpy(), ref_d)

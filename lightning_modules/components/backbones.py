@@ -9,7 +9,8 @@ import timm
 import torch.nn as nn
 
 
-def create_backbone(name: str, pretrained: Optional[str] = None, in_chans: int = 3) -> nn.Module:
+def create_backbone(name: str, pretrained: Optional[str] = None, in_chans: int = 3,
+                    pooled: bool = True) -> nn.Module:
     """Create the timm model ``name`` as a feature extractor (``num_classes=0``: pooled features).
 
     Args:
@@ -18,6 +19,8 @@ def create_backbone(name: str, pretrained: Optional[str] = None, in_chans: int =
             timm's ``pretrained_cfg_overlay=dict(file=...)``; ``None`` = random initialisation. Nothing is
             ever downloaded.
         in_chans: input channels.
+        pooled: True returns pooled features [B, num_features]; False (``global_pool=""``) returns the
+            last feature map [B, num_features, h, w] of a CNN, for custom pooling (e.g. GeM).
 
     The returned module's ``num_features`` is the embedding width (2048 for ResNet-50).
     """
@@ -26,6 +29,8 @@ def create_backbone(name: str, pretrained: Optional[str] = None, in_chans: int =
         hint = f"; did you mean {close}?" if close else ""
         raise ValueError(f"model.backbone={name!r} is not a timm model name{hint} (see timm.list_models())")
     kwargs = dict(num_classes=0, in_chans=in_chans)
+    if not pooled:
+        kwargs.update(global_pool="")
     if pretrained:
         path = Path(pretrained)
         if not path.is_file():

@@ -95,7 +95,7 @@ class RELAX:
         device = grids.device
         rows = self._axis(height, device)[shifts[:, 0, None] + torch.arange(height, device=device)]
         cols = self._axis(width, device)[shifts[:, 1, None] + torch.arange(width, device=device)]
-        return rows @ grids @ cols.transpose(1, 2)
+        return (rows @ grids @ cols.transpose(1, 2)).clamp_(0.0, 1.0)  # clamp: matmul round-off
 
     def masks(self, n: int, height: int, width: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """``n`` masks [n, H, W] on CPU; with ``generator`` seeded by ``seed`` these are explain()'s masks."""
@@ -118,7 +118,8 @@ class RELAX:
                              f"{tuple(images.shape)} {images.dtype}")
         owner = getattr(embed, "__self__", None)
         if isinstance(owner, nn.Module) and owner.training:
-            warnings.warn("RELAX: the module behind embed() is in train mode; call .eval() first", stacklevel=2)
+            warnings.warn("RELAX: the module behind embed() is in train mode; call .eval() first",
+                          stacklevel=2)
         b, _, h, w = images.shape
         device = images.device
         grids, shifts = self.draw(self.num_masks, torch.Generator().manual_seed(self.seed))

@@ -23,14 +23,16 @@ class ContrastiveViewsd(MapTransform):
 
     Each view then gets its own augmentation (SimSiam/SimCLR recipe): random resized crop to the input
     size with ``crop_scale``, horizontal flip ``flip_p``, colour jitter ``jitter`` (brightness, contrast,
-    saturation, hue) with probability ``jitter_p``, random grayscale ``grayscale_p``; grey slices are
-    stacked to ``channels`` channels.
+    saturation, hue) with probability ``jitter_p``, random grayscale ``grayscale_p``, and Gaussian blur with
+    probability ``blur_p`` (SimCLR, Chen et al. 2020: sigma uniform in ``blur_sigma``, kernel ~10% of the
+    image side, odd, >= 3; off by default); grey slices are stacked to ``channels`` channels.
     """
 
     def __init__(self, windows: Optional[Sequence[Window]] = None, window_scaling: str = "paper",
                  n_views: int = 2, crop_scale: Window = (0.2, 1.0), flip_p: float = 0.5,
                  jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8,
-                 grayscale_p: float = 0.2, channels: int = 3, source_key: Optional[str] = None):
+                 grayscale_p: float = 0.2, channels: int = 3, source_key: Optional[str] = None,
+                 blur_p: float = 0.0, blur_sigma: Window = (0.1, 2.0)):
         if window_scaling not in ("paper", "reference"):
             raise ValueError(f"window_scaling={window_scaling!r}: expected 'paper' or 'reference'")
         self.windows = [tuple(map(float, w)) for w in windows] if windows else None
@@ -43,19 +45,24 @@ class ContrastiveViewsd(MapTransform):
         self.n_views = len(self.windows) if self.windows else n_views
         self.channels = channels
         self.augment_args = dict(crop_scale=tuple(crop_scale), flip_p=flip_p, jitter=tuple(jitter),
-                                 jitter_p=jitter_p, grayscale_p=grayscale_p)
+                                 jitter_p=jitter_p, grayscale_p=grayscale_p, blur_p=blur_p,
+                                 blur_sigma=tuple(blur_sigma))
         self._augment: Dict[Tuple[int, int], v2.Compose] = {}
 
     def augmentation(self, size: Tuple[int, int]) -> v2.Compose:
         """The per-view random augmentation for images of spatial ``size`` (built once per size)."""
         if size not in self._augment:
             a = self.augment_args
-            self._augment[size] = v2.Compose([
+            steps = [
                 v2.RandomResizedCrop(size, scale=a["crop_scale"], antialias=True),
                 v2.RandomHorizontalFlip(a["flip_p"]),
                 v2.RandomApply([v2.ColorJitter(*a["jitter"])], p=a["jitter_p"]),
                 v2.RandomGrayscale(a["grayscale_p"]),
-            ])
+            ]
+            if a["blur_p"] > 0:
+                kernel = max(3, int(0.1 * min(size)) // 2 * 2 + 1)
+                steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=a["blur_sigma"])], p=a["blur_p"]))
+            self._augment[size] = v2.Compose(steps)
         return self._augment[size]
 
     def __call__(self, data: dict) -> dict:
