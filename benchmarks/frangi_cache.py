@@ -1,13 +1,14 @@
 """Frangi vesselness cost per 64 x 64 crop (scikit-image vs ours) and the epoch time saved by the crop cache.
 
-1. Frangi et al. 1998 with the paper's 41 scales on DeepLesion-phantom crops: ``skimage.filters.frangi`` one
-   crop at a time (as the reference code filters in ``__getitem__``) vs :func:`frangi_vesselness` one crop at a
-   time and batched; medians of ``--repeats`` runs, outputs checked equal.
+1. Frangi et al. 1998 with the paper's 41 scales on DeepLesion-phantom crops: ``skimage.filters.frangi``
+   one crop at a time (as the reference code filters in ``__getitem__``) vs :func:`frangi_vesselness` one
+   crop at a time and batched; medians of ``--repeats`` runs, outputs checked equal.
 2. One pass over the training split of DeepLesionDataModule (``frangi=True``, ``cache_dir``): the first pass
    decodes the PNGs, crops and computes Frangi (filling the cache); the second, a fresh DataModule on the same
    cache, reads the cache. Pass = setup + iterating the train loader (no model).
 
-Run: ``python benchmarks/frangi_cache.py`` (add ``--patients 40 --repeats 5`` to change the workload).
+Run: ``python benchmarks/frangi_cache.py`` (``--patients``, ``--repeats``, ``--threads`` change the workload;
+DataLoader workers run torch with one thread, so ``--threads 1`` is the per-sample transform setting).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def frangi_costs(crops: np.ndarray, repeats: int) -> dict[str, float]:
 def epoch_pass(root: Path, cache: Path, workers: int) -> float:
     """Seconds for setup + one pass over the train loader of a fresh DataModule on ``cache``."""
     start = time.perf_counter()
-    dm = DeepLesionDataModule(str(root), frangi=True, cache_dir=str(cache), batch_size=64, num_workers=workers)
+    dm = DeepLesionDataModule(str(root), frangi=True, cache_dir=str(cache), batch_size=64,
+                              num_workers=workers)
     dm.setup()
     for batch in dm.train_dataloader():
         assert batch["vesselness"].shape[1:] == (1, 64, 64)
@@ -70,7 +72,10 @@ def main(argv=None) -> None:
     parser.add_argument("--patients", type=int, default=40, help="phantom patients (about 9 lesions each)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the epoch passes")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = write_deeplesion_phantom(Path(tmp) / "DeepLesion", n_patients=args.patients)
         dm = DeepLesionDataModule(str(root), num_workers=0)

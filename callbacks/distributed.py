@@ -1,7 +1,8 @@
 """Exact evaluation under DDP: embed a split on every rank, gather, de-duplicate by dataset index."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
@@ -39,6 +40,17 @@ def gather_by_index(trainer: pl.Trainer, local: dict[str, Tensor], expected: int
         raise RuntimeError(f"gathered {out['index'].numel()} unique samples, expected indices 0..{expected - 1} "
                            f"(world size {trainer.world_size}); the dataset must return 'index' = its position")
     return out
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Evaluation mode (BatchNorm running stats, no dropout) for the block, then the previous mode back."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @torch.no_grad()

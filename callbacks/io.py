@@ -36,11 +36,21 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w", suff
         raise
 
 
-def update_json(path: Path, section: str, values: dict, extra: dict | None = None) -> dict:
-    """Set ``section`` of the JSON file at ``path`` (created if absent), atomically."""
+def rewrite_json(path: Path, change: Callable[[dict], None]) -> dict:
+    """Read the JSON object at ``path`` (empty if absent), apply ``change`` in place, write it atomically."""
     path = Path(path)
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[section] = values
-    data.update(extra or {})
+    change(data)
     atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=True))
     return data
+
+
+def update_json(path: Path, section: str, values: dict) -> dict:
+    """Set ``section`` of the JSON file at ``path`` (created if absent), atomically."""
+    return rewrite_json(path, lambda data: data.__setitem__(section, values))
+
+
+def merge_metrics(path: Path, stage: str, values: dict) -> dict:
+    """Add ``values`` to ``[stage]["metrics"]`` of the metrics JSON at ``path`` (written by the retrieval
+    callback earlier in the same epoch), atomically."""
+    return rewrite_json(path, lambda data: data.setdefault(stage, {}).setdefault("metrics", {}).update(values))

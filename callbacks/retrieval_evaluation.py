@@ -2,15 +2,34 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
+from torch import Tensor
 
 from callbacks.distributed import embed_dataset
-from callbacks.evaluate import evaluate_retrieval
+from callbacks.evaluate import evaluate_retrieval, retrieved_relevance
 from callbacks.io import run_dir, update_json
+from callbacks.relevance import get_relevance
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Neighbours:
+    """Top-k of the last evaluation of a stage (first candidate set), for figures: row q = query index q of
+    ``query_split``; ``indices`` are positions in ``gallery_split`` (-1 = no candidate)."""
+
+    query_split: str
+    gallery_split: str
+    distance: str
+    distances: Tensor
+    indices: Tensor
+    relevance: Tensor
+    epoch: int
+
 
 #: candidate set name in the config -> (exact_topk ``candidates``, key infix)
 CANDIDATE_SETS = {"all": ("all", ""), "same_patient": ("same_group", "same_patient/"),
@@ -62,6 +81,7 @@ class RetrievalEvaluation(Callback):
         self.batch_size = batch_size
         self.metrics_filename = metrics_filename
         self.last_results: dict[str, dict[str, float]] = {}
+        self.neighbours: dict[str, Neighbours] = {}
 
     # -- protocol ------------------------------------------------------------------------------------
     def _embed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict:
@@ -85,15 +105,22 @@ class RetrievalEvaluation(Callback):
         for name in self.candidate_sets:
             candidates, infix = CANDIDATE_SETS[name]
             needs_groups = candidates != "all"
-            values = evaluate_retrieval(
+            values, distances, indices = evaluate_retrieval(
                 queries["embedding"], gallery["embedding"], queries[self.label_key], gallery[self.label_key],
                 k_values=self.k_values, distance=distance, relevance=self.relevance, metrics=self.metrics,
                 query_ids=queries["index"] if loo else None, gallery_ids=gallery["index"] if loo else None,
                 query_groups=queries[self.group_key] if needs_groups else None,
-                gallery_groups=gallery[self.group_key] if needs_groups else None, candidates=candidates)
+                gallery_groups=gallery[self.group_key] if needs_groups else None, candidates=candidates,
+                return_neighbours=True)
             for key, value in values.items():
                 target = counts if key.startswith("n_") else results
                 target[f"{stage}/{infix}{key}"] = float(value)
+            if name == self.candidate_sets[0]:
+                self.neighbours[stage] = Neighbours(
+                    query_split, query_split if loo else self.gallery_split, distance, distances, indices,
+                    retrieved_relevance(get_relevance(self.relevance), torch.as_tensor(queries[self.label_key]),
+                                        torch.as_tensor(gallery[self.label_key]), indices),
+                    trainer.current_epoch)
         self._write(trainer, stage, {**results, **counts}, query_split, distance)
         return results
 

@@ -281,16 +281,16 @@ class DeepLesionDataModule(RetrievalDataModule):
         for i, row in enumerate(rows):
             by_file.setdefault(row.file_name, []).append(i)
         files = list(by_file.values())
-        return [sum(files[k:k + FILES_PER_SHARD], []) for k in range(0, len(files), FILES_PER_SHARD)]
+        return [[i for f in files[k:k + FILES_PER_SHARD] for i in f]
+                for k in range(0, len(files), FILES_PER_SHARD)]
 
-    def _pngs(self, rows: list[LesionRow]) -> list[Path]:
-        paths = list(dict.fromkeys(r.png(self.data_root) for r in rows))
-        for path in paths:
+    def _check_pngs(self, rows: list[LesionRow]) -> None:
+        """One clear error for the first PNG named in DL_info.csv that is missing."""
+        for row in {r.file_name: r for r in reversed(rows)}.values():
+            path = row.png(self.data_root)
             if not path.is_file():
-                row = next(r for r in rows if r.png(self.data_root) == path)
                 raise FileNotFoundError(f"{path} not found (File_name {row.file_name} on line {row.line} of "
                                         f"{self.data_root / 'DL_info.csv'}); is Images_png complete?")
-        return paths
 
     def _crop_shard(self, rows: list[LesionRow]) -> np.ndarray:
         """HU crops [n, S, S] of rows sharing PNGs: each PNG decoded once."""
@@ -320,15 +320,16 @@ class DeepLesionDataModule(RetrievalDataModule):
         return frangi_vesselness(image.astype(np.float32), **self.frangi_params).astype(np.float32)
 
     def _shard_key(self, rows: list[LesionRow]) -> str:
+        """Cache key of a shard's crops: PNG paths, sizes and mtimes, boxes, crop settings."""
         files = list(dict.fromkeys(r.png(self.data_root) for r in rows))
         key = json.dumps([CACHE_VERSION, self.crop_size, AIR_HU, _stats_key(files),
                           [(r.file_name, r.box) for r in rows]])
         return hashlib.sha256(key.encode()).hexdigest()[:20]
 
-    def _decode_shard(self, rows: list[LesionRow]) -> np.ndarray:
+    def _decode_shard(self, rows: list[LesionRow], key: str) -> np.ndarray:
         if self.cache_dir is None:
             return self._crop_shard(rows)
-        path = self.cache_dir / f"deeplesion-crops-{self._shard_key(rows)}.npz"
+        path = self.cache_dir / f"deeplesion-crops-{key}.npz"
         cached = _load_npz(path)
         if cached is not None and cached.get("hu", np.empty(0)).shape == (len(rows), self.crop_size,
                                                                           self.crop_size):
@@ -337,12 +338,11 @@ class DeepLesionDataModule(RetrievalDataModule):
         _save_npz_atomic(path, {"hu": crops})
         return crops
 
-    def _frangi_shard(self, rows: list[LesionRow], crops: np.ndarray) -> np.ndarray:
+    def _frangi_shard(self, rows: list[LesionRow], crops: np.ndarray, key: str) -> np.ndarray:
         windows = self._windows(rows)
         if self.cache_dir is None:
             return self._vesselness(crops, windows)
-        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.frangi_params.items()}
-        key = json.dumps([self._shard_key(rows), windows.tolist(), params])
+        key = json.dumps([key, windows.tolist(), self.frangi_params])
         path = self.cache_dir / f"deeplesion-frangi-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
         cached = _load_npz(path)
         if cached is not None and cached.get("vesselness", np.empty(0)).shape == crops.shape:
@@ -355,19 +355,22 @@ class DeepLesionDataModule(RetrievalDataModule):
         """HU crops [n, S, S] of all rows (``vesselness`` too with ``frangi``), from ``cache_dir`` if there.
 
         PNG shards are decoded in threads; the Frangi filter runs batched per shard (torch threads)."""
-        self._pngs(rows)
-        shards = self._shards(rows)
+        self._check_pngs(rows)
+        index = self._shards(rows)
+        shards = [[rows[i] for i in idx] for idx in index]
+        keys = [self._shard_key(shard) if self.cache_dir is not None else "" for shard in shards]
         workers = max(1, min(self.num_workers, 8, len(shards)))
         with ThreadPoolExecutor(workers) as pool:
-            crops = list(pool.map(lambda idx: self._decode_shard([rows[i] for i in idx]), shards))
-        order = np.concatenate(shards) if shards else np.zeros(0, int)
+            crops = list(pool.map(self._decode_shard, shards, keys))
+        order = np.concatenate(index) if index else np.zeros(0, int)
         out = {"hu": np.empty((len(rows), self.crop_size, self.crop_size), np.float32)}
-        out["hu"][order] = np.concatenate(crops) if crops else out["hu"][:0]
+        if crops:
+            out["hu"][order] = np.concatenate(crops)
         if self.frangi:
-            vessels = [self._frangi_shard([rows[i] for i in idx], c)
-                       for idx, c in zip(shards, crops, strict=True)]
             out["vesselness"] = np.empty_like(out["hu"])
-            out["vesselness"][order] = np.concatenate(vessels) if vessels else out["hu"][:0]
+            if crops:
+                out["vesselness"][order] = np.concatenate(
+                    [self._frangi_shard(*args) for args in zip(shards, crops, keys, strict=True)])
         return out
 
     # -- datasets ---------------------------------------------------------------------------------
@@ -401,6 +404,7 @@ class DeepLesionDataModule(RetrievalDataModule):
                 if self.frangi:
                     rec["vesselness"] = torch.from_numpy(decoded["vesselness"][i:i + 1])
                 if self.use_dicom_window:
+                    _check_window(r.dicom_window, f"DL_info.csv line {r.line} DICOM_windows")
                     rec["dicom_window"] = torch.tensor(r.dicom_window, dtype=torch.float32)
                 records.append(rec)
             self.rows[split] = [rows[i] for i in keep]

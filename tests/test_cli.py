@@ -73,3 +73,19 @@ def test_missing_data_root_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_cli("fit", "--config", config, *tiny_overrides(tmp_path, tmp_path / "nowhere"),
                 "--trainer.max_epochs=1")
+
+
+def test_multi_gpu_recipe_layers_on_a_method_config(phantom_root, tmp_path):
+    """The recipe keeps the method's callbacks, adds ChannelsLast and bf16; runs here with CPU overrides."""
+    import torch
+
+    recipe = CONFIGS / "recipes" / "multi_gpu.yaml"
+    cli = run_cli("fit", "--config", CONFIGS / "simsiam_hu_phantom.yaml", "--config", recipe,
+                  *tiny_overrides(tmp_path, phantom_root), "--trainer.accelerator=cpu", "--trainer.devices=1",
+                  "--trainer.strategy=auto", "--trainer.sync_batchnorm=false", "--trainer.max_epochs=1",
+                  "--trainer.limit_train_batches=1")
+    names = [type(cb).__name__ for cb in cli.trainer.callbacks]
+    assert {"RetrievalEvaluation", "ChannelsLast", "EmbeddingWriter"} <= set(names)
+    assert cli.trainer.precision == "bf16-mixed"
+    assert cli.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert "val/mP@5" in cli.trainer.callback_metrics

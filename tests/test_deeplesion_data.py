@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage.filters import frangi as skimage_frangi
 
 import datamodules.deeplesion as dl
 from datamodules.deeplesion import DeepLesionDataModule, lesion_crop, read_dl_info, read_hu_png
@@ -204,6 +203,7 @@ def tube(n=64, width=2.0, noise=0.0):
 
 @pytest.mark.parametrize("black_ridges", [False, True])
 def test_frangi_matches_scikit_image(black_ridges, lesion_root):
+    skimage_frangi = pytest.importorskip("skimage.filters").frangi
     rng = np.random.default_rng(0)
     crop = lesion_crop(read_hu_png(read_dl_info(lesion_root)[0].png(lesion_root)), (40, 40, 60, 60), 64)
     windowed = (np.clip(crop, -1024, 3071) + 1024) / 4095  # float32, as the DataModule filters it

@@ -55,12 +55,14 @@ def _axis_operators(n: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([d1 @ d1, d0 @ d1, d0 @ d0]), np.stack([(d0 @ d0).T, (d1 @ d0).T, (d1 @ d1).T])
 
 
-def _hessian_operators(h: int, w: int, sigmas: tuple[float, ...], like: Tensor) -> tuple[Tensor, Tensor]:
-    """Row operators [S*3*H, H] and column operators [S*3, W, W] of all scales, in ``like``'s dtype/device."""
+@lru_cache(maxsize=64)
+def _hessian_operators(h: int, w: int, sigmas: tuple[float, ...], dtype: torch.dtype,
+                       device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row operators [S*3*H, H] and column operators [S*3, W, W] of the scales ``sigmas`` (cached)."""
     left = np.stack([_axis_operators(h, s)[0] for s in sigmas]).reshape(-1, h)
     right = np.stack([_axis_operators(w, s)[1] for s in sigmas]).reshape(-1, w, w)
-    return (torch.as_tensor(left, dtype=like.dtype, device=like.device),
-            torch.as_tensor(right, dtype=like.dtype, device=like.device))
+    return (torch.as_tensor(left, dtype=dtype, device=device),
+            torch.as_tensor(right, dtype=dtype, device=device))
 
 
 def _float_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -104,7 +106,7 @@ def _frangi_batched(x: Tensor, sigmas: tuple[float, ...], beta: float, gamma: fl
         cols = block.permute(1, 0, 2).reshape(h, b * w)  # [H, B*W]: one GEMM applies every row operator
         best, gam = None, gamma
         for j in range(0, len(sigmas), scales):
-            left, right = _hessian_operators(h, w, sigmas[j:j + scales], flat)
+            left, right = _hessian_operators(h, w, sigmas[j:j + scales], flat.dtype, flat.device)
             hess = torch.bmm((left @ cols).reshape(-1, h * b, w), right).reshape(-1, 3, h, b, w)
             if gam is None:  # scikit-image's gamma=None: half the largest S of the first scale, per image
                 hrr, hrc, hcc = hess[0]

@@ -1,0 +1,113 @@
+"""Retrieval grids every few epochs: fixed queries (and the worst ones) with their top-k, framed by relevance."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from callbacks.figures import RetrievalRow, retrieval_figure, save_and_log, spread
+from callbacks.retrieval_evaluation import Neighbours, RetrievalEvaluation
+
+
+class AfterRetrievalEvaluation(Callback):
+    """Base of callbacks that reuse the neighbours found by :class:`RetrievalEvaluation` in the same epoch.
+
+    Must come after it in ``trainer.callbacks`` (checked at setup). Subclasses implement :meth:`on_results`,
+    called on every rank once per new evaluation of a stage (``val`` or ``test``) when the epoch matches
+    ``every_n_epochs``.
+    """
+
+    def __init__(self, every_n_epochs: int = 1):
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs={every_n_epochs}: expected >= 1")
+        self.every_n_epochs = every_n_epochs
+        self._seen: dict = {}
+
+    def evaluation(self, trainer: pl.Trainer) -> RetrievalEvaluation:
+        for cb in trainer.callbacks:
+            if isinstance(cb, RetrievalEvaluation):
+                return cb
+            if cb is self:
+                break
+        raise ValueError(f"{type(self).__name__} needs a callbacks.RetrievalEvaluation listed before it in "
+                         f"trainer.callbacks (it reuses that callback's search results)")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.evaluation(trainer)
+
+    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.sanity_checking:
+            return
+        nb = self.evaluation(trainer).neighbours.get(stage)
+        if nb is None or self._seen.get(stage) is nb:
+            return  # the evaluation did not run this epoch
+        self._seen[stage] = nb
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs and not last:
+            return
+        self.on_results(trainer, pl_module, stage, nb)
+
+    def on_results(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, nb: Neighbours) -> None:
+        raise NotImplementedError
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_run(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_run(trainer, pl_module, "test")
+
+    @staticmethod
+    def rows(trainer: pl.Trainer, nb: Neighbours, queries: List[int], k: int,
+             label_key: str = "label") -> List[RetrievalRow]:
+        """Figure rows for ``queries`` (positions in the query split) from the stored neighbours."""
+        dm = trainer.datamodule
+        q_ds, g_ds = dm.retrieval_dataset(nb.query_split), dm.retrieval_dataset(nb.gallery_split)
+        out = []
+        for q in queries:
+            keep = [j for j in range(min(k, nb.indices.shape[1])) if nb.indices[q, j] >= 0]
+            sample = q_ds[q]
+            label = sample.get(label_key)
+            title = f"query {nb.query_split}[{q}]" + (f"\nlabel {_fmt(label)}" if label is not None else "")
+            gallery = [g_ds[int(nb.indices[q, j])] for j in keep]
+            out.append(RetrievalRow(
+                query=sample["image"], title=title, retrieved=[g["image"] for g in gallery],
+                relevant=[bool(nb.relevance[q, j] > 0) for j in keep],
+                distances=[float(nb.distances[q, j]) for j in keep],
+                notes=[f"label {_fmt(g.get(label_key))}" if g.get(label_key) is not None else "" for g in gallery]))
+        return out
+
+
+def _fmt(label) -> str:
+    t = torch.as_tensor(label)
+    return str(t.item()) if t.numel() == 1 else ",".join(str(i) for i in t.nonzero().flatten().tolist())
+
+
+class RetrievalGrid(AfterRetrievalEvaluation):
+    """Every ``every_n_epochs``: ``n_queries`` fixed queries (evenly spread over the query split) and the
+    ``n_worst`` queries with the lowest P@k, each with its top-``k``; relevant retrieved images framed green,
+    others red, the distance under each. PNG in ``<run>/figures/`` and an image in W&B / TensorBoard
+    (key ``<stage>/retrieval_grid``)."""
+
+    def __init__(self, n_queries: int = 4, n_worst: int = 2, k: int = 5, every_n_epochs: int = 1):
+        super().__init__(every_n_epochs)
+        self.n_queries, self.n_worst, self.k = n_queries, n_worst, k
+        self.last_path: Optional[str] = None
+
+    def choose_queries(self, nb: Neighbours) -> List[int]:
+        fixed = spread(nb.indices.shape[0], self.n_queries)
+        precision = (nb.relevance[:, : self.k] > 0).float().mean(1)
+        order = torch.argsort(precision, stable=True).tolist()
+        worst = [q for q in order if q not in fixed][: self.n_worst]
+        return fixed + worst
+
+    def on_results(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, nb: Neighbours) -> None:
+        fig = None
+        if trainer.is_global_zero:
+            rows = self.rows(trainer, nb, self.choose_queries(nb), self.k)
+            fig = retrieval_figure(rows, nb.distance, f"{stage}: {nb.query_split} queries vs {nb.gallery_split}, "
+                                   f"epoch {trainer.current_epoch} (last {self.n_worst} rows: worst P@{self.k})")
+        path = save_and_log(trainer, fig, f"retrieval_{stage}_epoch{trainer.current_epoch:03d}",
+                            f"{stage}/retrieval_grid")
+        self.last_path = str(path) if path else None
