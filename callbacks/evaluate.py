@@ -9,13 +9,15 @@ from callbacks.relevance import Rule, SameLabel, get_relevance, is_binary
 from callbacks.retrieval_metrics import (
     average_precision_at_k,
     knn_accuracy,
+    knn_predict,
+    macro_f1,
     mean_precision_at_k,
     ndcg_at_k,
     precision_at_k,
 )
 from callbacks.search import candidate_mask, check_candidates, exact_topk
 
-METRICS = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN")
+METRICS = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN", "kNN_F1")
 ArrayLike = np.ndarray | Tensor
 
 
@@ -123,7 +125,8 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
                        candidates: str = "all", query_chunk: int = 4096, gallery_chunk: int = 4096,
                        return_neighbours: bool = False):
     """Exact retrieval metrics (METRICS.md) as a flat dict: ``{metric}@{k}`` for each k in ``k_values``
-    and each of ``metrics`` (mP, P, AP, nDCG [exp gain], nDCG_lin [linear gain], kNN), plus the counts
+    and each of ``metrics`` (mP, P, AP, nDCG [exp gain], nDCG_lin [linear gain], kNN [accuracy of the
+    k-NN majority vote], kNN_F1 [its macro-F1 over the query classes]), plus the counts
     ``n_queries``, ``n_gallery`` and ``n_queries_without_relevant``.
 
     One ``exact_topk`` search with k = max(k_values) (same distance / ids / groups / candidates rules);
@@ -132,7 +135,7 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
 
     Policy for queries without any relevant candidate (R == 0): they count as 0 in P@K, mP@K and kNN@K
     (well defined), and are left out of the means of AP@K and nDCG@K (undefined, NaN per query); their
-    number is ``n_queries_without_relevant``. kNN@K is only computed for single-label integer labels
+    number is ``n_queries_without_relevant``. kNN@K / kNN_F1@K are only computed for single-label integer labels
     (silently skipped for multi-label). With ``return_neighbours=True`` the result is
     ``(metrics, distances [Q, kmax], indices [Q, kmax])`` from the search, for figures.
     """
@@ -168,8 +171,11 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
     out: dict[str, float] = {}
     for k in ks:
         for m in metrics:
-            if m == "kNN" and not single_label:
+            if m.startswith("kNN") and not single_label:
                 continue
-            out[f"{m}@{k}"] = float(torch.nanmean(per_query[m](k)))    # NaN only in AP / nDCG
+            if m == "kNN_F1":
+                out[f"{m}@{k}"] = macro_f1(knn_predict(neighbour_labels, k), q_lab)
+            else:
+                out[f"{m}@{k}"] = float(torch.nanmean(per_query[m](k)))    # NaN only in AP / nDCG
     out.update(n_queries=len(q_emb), n_gallery=len(g_emb), n_queries_without_relevant=int((n_rel == 0).sum()))
     return (out, dist, idx) if return_neighbours else out

@@ -53,14 +53,34 @@ def ndcg_at_k(ranked_rel: Tensor, ideal_rel: Tensor, k: int, gain: str = "exp") 
     return torch.where(idcg > 0, dcg / idcg.where(idcg > 0, 1.0), torch.full_like(dcg, float("nan")))
 
 
-def knn_accuracy(neighbour_labels: Tensor, query_labels: Tensor, k: int) -> Tensor:
-    """``kNN@K``: 1.0 where the majority label of the k nearest neighbours equals the query label.
+def knn_predict(neighbour_labels: Tensor, k: int) -> Tensor:
+    """Majority label of the k nearest neighbours (-1 when none has a label).
 
     Vote ties go to the label whose nearest occurrence has the smallest rank. Label -1 (a missing
-    neighbour, index -1, or an unlabelled item) casts no vote; an unlabelled query scores 0."""
+    neighbour, index -1, or an unlabelled item) casts no vote."""
     lab = _top(neighbour_labels, k, fill=-1, dtype=torch.int64)
     valid = lab != -1
     votes = ((lab.unsqueeze(2) == lab.unsqueeze(1)) & valid.unsqueeze(1)).sum(2).masked_fill(~valid, 0)
-    pred = lab.gather(1, votes.argmax(1, keepdim=True)).squeeze(1)     # argmax: first maximum
-    q = query_labels.to(lab.device).long()
+    return lab.gather(1, votes.argmax(1, keepdim=True)).squeeze(1)     # argmax: first maximum
+
+
+def knn_accuracy(neighbour_labels: Tensor, query_labels: Tensor, k: int) -> Tensor:
+    """``kNN@K``: 1.0 where :func:`knn_predict` equals the query label; an unlabelled query scores 0."""
+    pred = knn_predict(neighbour_labels, k)
+    q = query_labels.to(pred.device).long()
     return ((pred == q) & (pred != -1) & (q != -1)).double()
+
+
+def macro_f1(pred: Tensor, true: Tensor) -> float:
+    """Macro-averaged F1 over the classes present in ``true`` (labels >= 0; unlabelled queries ignored):
+    mean over classes c of 2 TP_c / (2 TP_c + FP_c + FN_c), as sklearn's ``f1_score(average="macro",
+    labels=present classes)``. A prediction of -1 counts as wrong."""
+    keep = true >= 0
+    pred, true = pred[keep].long(), true[keep].long()
+    scores = []
+    for c in torch.unique(true).tolist():
+        tp = ((pred == c) & (true == c)).sum().item()
+        fp = ((pred == c) & (true != c)).sum().item()
+        fn = ((pred != c) & (true == c)).sum().item()
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(sum(scores) / len(scores)) if scores else float("nan")

@@ -206,11 +206,26 @@ class DeepLesionDataModule(RetrievalDataModule):
     DeepLesion (3DCE, MICCAI 2018) so that lung, soft-tissue and bone lesions all keep their contrast;
     ``use_dicom_window`` uses each row's DICOM_windows instead (the window the radiologist read it in).
     Unlabelled rows (-1) serve self-supervised training only (``include_unlabelled``); val / test keep
-    labelled rows. The real training split is entirely unlabelled, so supervised stages train on val.
+    labelled rows. The real training split is entirely unlabelled, so supervised stages train on val (as
+    the authors' code does).
 
     Each PNG is decoded once per setup (rows sharing a key slice share the read); crops and Frangi maps
     are computed in shards of PNGs, and with ``cache_dir`` stored per shard (keyed by file paths, sizes,
     mtimes, boxes and settings; written atomically), so later runs decode nothing.
+
+    Args:
+        data_root: the DeepLesion folder (DL_info.csv, Images_png/).
+        crop_size: side of the lesion crop in pixels (paper: 64).
+        window / use_dicom_window: HU window of ``image`` (see above).
+        frangi: add ``vesselness``; ``frangi_scales`` = (first, last, step) sigma in pixels, and
+            ``frangi_alpha`` / ``frangi_beta`` / ``frangi_gamma`` / ``frangi_black_ridges`` are the
+            parameters of Frangi et al. 1998 (paper: scales 1..9 step 0.2, alpha 1, beta 0.6, gamma 0.0444).
+        include_unlabelled: keep the -1 rows in the train split (for self-supervised training).
+        cache_dir: persistent cache of crops and Frangi maps (None: decode on every setup).
+        synthesize_if_missing / phantom_patients: write the synthetic phantom when ``data_root`` is missing.
+        batch_size: 256 by default: 64 x 64 crops are small and SimCLR's NT-Xent wants many negatives.
+        num_workers, predict_split, train_views: see :class:`RetrievalDataModule`; ``num_workers`` also
+            sets the threads decoding PNG shards.
     """
 
     def __init__(self, data_root: str, crop_size: int = 64, window: tuple[float, float] = FULL_WINDOW,
