@@ -7,15 +7,13 @@ files are ignored (the directory is never globbed).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
 import warnings
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -26,7 +24,8 @@ from monai.transforms import Compose, Resized
 from monai.utils import convert_to_numpy
 
 from datamodules.base import RetrievalDataModule
-from datamodules.transforms.hounsfield import HounsfieldWindowd, _check_window
+from datamodules.cache import cache_key, ensure_data_root, file_stats, npz_cached, write_phantom_atomic
+from datamodules.transforms.hounsfield import HounsfieldWindowd, check_window
 
 log = logging.getLogger(__name__)
 LIVER_LABELS = (1, 2)  # liver + cancer = the liver mask (DATASETS.md)
@@ -192,7 +191,7 @@ class DecathlonLiverDataModule(RetrievalDataModule):
         self.image_size = int(image_size)
         self.slices_with_liver, self.slices_without_liver = int(slices_with_liver), int(slices_without_liver)
         self.train_volumes, self.val_volumes = int(train_volumes), int(val_volumes)
-        self.window = _check_window(window, "window")
+        self.window = check_window(window, "window")
         self.slice_seed = int(slice_seed)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.synthesize_if_missing = synthesize_if_missing
@@ -210,29 +209,13 @@ class DecathlonLiverDataModule(RetrievalDataModule):
     def _write_phantom(self) -> None:
         from datamodules.synthetic.ct_liver_phantom import write_liver_phantom
 
-        log.warning("data_root %s does not exist: writing a SYNTHETIC CT liver phantom (%d volumes) there "
-                    "(synthesize_if_missing=true); results on it are not results on Task03_Liver",
-                    self.data_root, self.phantom_volumes)
-        tmp = self.data_root.with_name(f".{self.data_root.name}.tmp{os.getpid()}")
-        write_liver_phantom(tmp, n_volumes=self.phantom_volumes)
-        try:
-            tmp.rename(self.data_root)
-        except OSError:  # another process finished first
-            if not self.data_root.exists():
-                raise
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_phantom_atomic(self.data_root, partial(write_liver_phantom, n_volumes=self.phantom_volumes),
+                             f"CT liver phantom ({self.phantom_volumes} volumes)", "Task03_Liver", log)
 
     def _volumes(self) -> list[LiverVolume]:
-        if not self.data_root.exists():
-            if self.synthesize_if_missing:
-                self._write_phantom()
-            else:
-                raise FileNotFoundError(
-                    f"data_root={self.data_root} does not exist. Point it at the Task03_Liver folder (the "
-                    f"one holding dataset.json), or set `synthesize_if_missing: true` to write the synthetic "
-                    f"phantom there, or run `{PHANTOM_COMMAND.format(root=self.data_root)}`")
+        ensure_data_root(self.data_root, self.synthesize_if_missing, self._write_phantom,
+                         "the Task03_Liver folder (the one holding dataset.json)",
+                         PHANTOM_COMMAND.format(root=self.data_root))
         volumes = read_decathlon_index(self.data_root)
         if len(volumes) < self.train_volumes + 1:
             raise ValueError(f"train_volumes={self.train_volumes} needs at least train_volumes + 1 = "
@@ -244,10 +227,9 @@ class DecathlonLiverDataModule(RetrievalDataModule):
     def _cache_path(self, vol: LiverVolume) -> Path | None:
         if self.cache_dir is None:
             return None
-        stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in (vol.image, vol.label)]
-        key = json.dumps([CACHE_VERSION, stats, self.image_size, self.slices_with_liver,
-                          self.slices_without_liver, self.slice_seed, vol.patient_id])
-        return self.cache_dir / f"liver_{vol.patient_id}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+        key = cache_key(CACHE_VERSION, file_stats((vol.image, vol.label)), self.image_size, self.slices_with_liver,
+                        self.slices_without_liver, self.slice_seed, vol.patient_id)
+        return self.cache_dir / f"liver_{vol.patient_id}-{key}.npz"
 
     def _decode(self, vol: LiverVolume) -> dict[str, np.ndarray]:
         """Chosen slices of a volume: hu, mask [k,S,S], label, slice_index [k], notes (warnings to give)."""
@@ -280,24 +262,8 @@ class DecathlonLiverDataModule(RetrievalDataModule):
                 "notes": np.array(notes)}
 
     def _decode_cached(self, vol: LiverVolume) -> dict[str, np.ndarray]:
-        path = self._cache_path(vol)
-        if path is not None and path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as f:
-                    return {k: f[k] for k in f.files}
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-                log.warning("cache file %s unreadable (%s); decoding %s again", path, err, vol.image)
-        slices = self._decode(vol)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{id(slices)}")
-            try:
-                with open(tmp, "wb") as f:
-                    np.savez(f, **slices)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-        return slices
+        return npz_cached(self._cache_path(vol), partial(self._decode, vol), then=f"decoding {vol.image} again",
+                          logger=log)
 
     def _decode_all(self, volumes: list[LiverVolume]) -> list[dict[str, np.ndarray]]:
         workers = max(1, min(self.num_workers, 8, len(volumes)))

@@ -8,17 +8,13 @@ Bounding_boxes "x1, y1, x2, y2" in pixels, Coarse_lesion_type 1..8 or -1 = unlab
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
 import math
-import os
 import re
-import shutil
-import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +24,10 @@ from monai.data import Dataset as MonaiDataset
 from PIL import Image
 
 from datamodules.base import RetrievalDataModule
+from datamodules.cache import cache_key, ensure_data_root, file_stats, npz_cached, write_phantom_atomic
 from datamodules.synthetic.deeplesion import DL_INFO_COLUMNS, HU_OFFSET, LESION_TYPES
 from datamodules.transforms.frangi import frangi_sigmas, frangi_vesselness
-from datamodules.transforms.hounsfield import HounsfieldWindowd, _check_window, hounsfield_window
+from datamodules.transforms.hounsfield import HounsfieldWindowd, check_window, hounsfield_window
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -163,35 +160,6 @@ def lesion_crop(hu: np.ndarray, box: Sequence[float], crop_size: int, fill: floa
     return out
 
 
-def _stats_key(paths: Sequence[Path]) -> list:
-    """(path, size, mtime) of each file: cache keys change when a file is replaced."""
-    return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Arrays of a cache file, or None when absent or unreadable (then it is rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        log.warning("cache file %s unreadable (%s); rebuilding it", path, err)
-        return None
-
-
-def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a cache file so that readers never see a partial file (write a temporary, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{id(arrays)}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class DeepLesionDataModule(RetrievalDataModule):
     """DeepLesion lesion ROIs (Qi, Cheng, Haehn 2023): crops around each Bounding_boxes, by Train_Val_Test.
 
@@ -224,7 +192,7 @@ class DeepLesionDataModule(RetrievalDataModule):
         cache_dir: persistent cache of crops and Frangi maps (None: decode on every setup).
         synthesize_if_missing / phantom_patients: write the synthetic phantom when ``data_root`` is missing.
         batch_size: 256 by default: 64 x 64 crops are small and SimCLR's NT-Xent wants many negatives.
-        num_workers, predict_split, train_views: see :class:`RetrievalDataModule`; ``num_workers`` also
+        num_workers, predict_split, train_views, seed: see :class:`RetrievalDataModule`; ``num_workers`` also
             sets the threads decoding PNG shards.
     """
 
@@ -234,9 +202,10 @@ class DeepLesionDataModule(RetrievalDataModule):
                  frangi_beta: float = 0.6, frangi_gamma: float = 0.0444, frangi_black_ridges: bool = False,
                  include_unlabelled: bool = True, cache_dir: str | None = None,
                  synthesize_if_missing: bool = False, phantom_patients: int = 40,
-                 batch_size: int = 256, num_workers: int = 2, predict_split: str = "test", train_views=None):
+                 batch_size: int = 256, num_workers: int = 2, predict_split: str = "test", train_views=None,
+                 seed: int | None = None):
         super().__init__(batch_size=batch_size, num_workers=num_workers, predict_split=predict_split,
-                         train_views=train_views)
+                         train_views=train_views, seed=seed)
         if int(crop_size) < 8:
             raise ValueError(f"crop_size={crop_size}: expected an integer >= 8")
         if int(phantom_patients) < 3:
@@ -244,7 +213,7 @@ class DeepLesionDataModule(RetrievalDataModule):
         self.save_hyperparameters(ignore=["train_views"])
         self.data_root = Path(data_root)
         self.crop_size = int(crop_size)
-        self.window = _check_window(window, "window")
+        self.window = check_window(window, "window")
         self.use_dicom_window = bool(use_dicom_window)
         self.frangi = bool(frangi)
         self.frangi_params = dict(sigmas=frangi_sigmas(*frangi_scales), alpha=float(frangi_alpha),
@@ -265,29 +234,16 @@ class DeepLesionDataModule(RetrievalDataModule):
             self.decode(rows)
 
     def _lesion_rows(self) -> list[LesionRow]:
-        if not self.data_root.exists():
-            if not self.synthesize_if_missing:
-                raise FileNotFoundError(
-                    f"data_root={self.data_root} does not exist. Point it at the DeepLesion folder (holding "
-                    f"DL_info.csv and Images_png/), or set `synthesize_if_missing: true` to write the "
-                    f"synthetic phantom there, or run `{PHANTOM_COMMAND.format(root=self.data_root)}`")
-            self._write_phantom()
+        ensure_data_root(self.data_root, self.synthesize_if_missing, self._write_phantom,
+                         "the DeepLesion folder (holding DL_info.csv and Images_png/)",
+                         PHANTOM_COMMAND.format(root=self.data_root))
         return read_dl_info(self.data_root)
 
     def _write_phantom(self) -> None:
         from datamodules.synthetic.deeplesion import write_deeplesion_phantom
 
-        log.warning("data_root %s does not exist: writing a SYNTHETIC DeepLesion phantom (%d patients) there "
-                    "(synthesize_if_missing=true); results on it are not results on DeepLesion",
-                    self.data_root, self.phantom_patients)
-        tmp = self.data_root.with_name(f".{self.data_root.name}.tmp{os.getpid()}")
-        write_deeplesion_phantom(tmp, n_patients=self.phantom_patients)
-        try:
-            tmp.rename(self.data_root)
-        except OSError:  # another process finished first
-            if not self.data_root.exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_phantom_atomic(self.data_root, partial(write_deeplesion_phantom, n_patients=self.phantom_patients),
+                             f"DeepLesion phantom ({self.phantom_patients} patients)", "DeepLesion", log)
 
     # -- decoding (each PNG once) -------------------------------------------------------------------
     def _shards(self, rows: list[LesionRow]) -> list[list[int]]:
@@ -337,34 +293,21 @@ class DeepLesionDataModule(RetrievalDataModule):
     def _shard_key(self, rows: list[LesionRow]) -> str:
         """Cache key of a shard's crops: PNG paths, sizes and mtimes, boxes, crop settings."""
         files = list(dict.fromkeys(r.png(self.data_root) for r in rows))
-        key = json.dumps([CACHE_VERSION, self.crop_size, AIR_HU, _stats_key(files),
-                          [(r.file_name, r.box) for r in rows]])
-        return hashlib.sha256(key.encode()).hexdigest()[:20]
+        return cache_key(CACHE_VERSION, self.crop_size, AIR_HU, file_stats(files),
+                         [(r.file_name, r.box) for r in rows], length=20)
+
+    def _cache_file(self, kind: str, key: str) -> Path | None:
+        return self.cache_dir / f"deeplesion-{kind}-{key}.npz" if self.cache_dir is not None else None
 
     def _decode_shard(self, rows: list[LesionRow], key: str) -> np.ndarray:
-        if self.cache_dir is None:
-            return self._crop_shard(rows)
-        path = self.cache_dir / f"deeplesion-crops-{key}.npz"
-        cached = _load_npz(path)
-        if cached is not None and cached.get("hu", np.empty(0)).shape == (len(rows), self.crop_size,
-                                                                          self.crop_size):
-            return cached["hu"]
-        crops = self._crop_shard(rows)
-        _save_npz_atomic(path, {"hu": crops})
-        return crops
+        return npz_cached(self._cache_file("crops", key), lambda: {"hu": self._crop_shard(rows)},
+                          shapes={"hu": (len(rows), self.crop_size, self.crop_size)}, logger=log)["hu"]
 
     def _frangi_shard(self, rows: list[LesionRow], crops: np.ndarray, key: str) -> np.ndarray:
         windows = self._windows(rows)
-        if self.cache_dir is None:
-            return self._vesselness(crops, windows)
-        key = json.dumps([key, windows.tolist(), self.frangi_params])
-        path = self.cache_dir / f"deeplesion-frangi-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
-        cached = _load_npz(path)
-        if cached is not None and cached.get("vesselness", np.empty(0)).shape == crops.shape:
-            return cached["vesselness"]
-        vessels = self._vesselness(crops, windows)
-        _save_npz_atomic(path, {"vesselness": vessels})
-        return vessels
+        path = self._cache_file("frangi", cache_key(key, windows.tolist(), self.frangi_params, length=20))
+        return npz_cached(path, lambda: {"vesselness": self._vesselness(crops, windows)},
+                          shapes={"vesselness": crops.shape}, logger=log)["vesselness"]
 
     def decode(self, rows: list[LesionRow]) -> dict[str, np.ndarray]:
         """HU crops [n, S, S] of all rows (``vesselness`` too with ``frangi``), from ``cache_dir`` if there.
@@ -419,7 +362,7 @@ class DeepLesionDataModule(RetrievalDataModule):
                 if self.frangi:
                     rec["vesselness"] = torch.from_numpy(decoded["vesselness"][i:i + 1])
                 if self.use_dicom_window:
-                    _check_window(r.dicom_window, f"DL_info.csv line {r.line} DICOM_windows")
+                    check_window(r.dicom_window, f"DL_info.csv line {r.line} DICOM_windows")
                     rec["dicom_window"] = torch.tensor(r.dicom_window, dtype=torch.float32)
                 records.append(rec)
             self.rows[split] = [rows[i] for i in keep]

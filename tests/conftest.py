@@ -22,6 +22,28 @@ def phantom_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def deeplesion_root(tmp_path_factory) -> Path:
+    """The default-size DeepLesion phantom (40 patients, ~70 lesions in val and in test), 128 x 128 slices."""
+    from datamodules.synthetic.deeplesion import write_deeplesion_phantom
+
+    root = tmp_path_factory.mktemp("deeplesion") / "DeepLesion"
+    write_deeplesion_phantom(root, n_patients=40, image_size=128, seed=0)
+    return root
+
+
+def tiny_args(config: Path, run_dir: Path, phantom_root: Path, deeplesion_root: Path) -> List[str]:
+    """Tiny overrides for any runnable config, by its dataset family (and the VAE's input size)."""
+    text = Path(config).read_text()
+    if "DeepLesionDataModule" in text:
+        args = [f"--data.init_args.data_root={deeplesion_root}", "--data.init_args.crop_size=32",
+                "--data.init_args.num_workers=0", "--data.init_args.batch_size=16",
+                f"--data.init_args.cache_dir={run_dir / 'cache'}", "--trainer.enable_progress_bar=false",
+                f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
+        return args + (["--model.init_args.image_size=32"] if "lightning_modules.vae.VAE" in text else [])
+    return tiny_overrides(run_dir, phantom_root)
+
+
 def tiny_overrides(run_dir: Path, data_root: Path, image_size: int = 32) -> List[str]:
     """CLI arguments shrinking a phantom config to a few seconds of CPU work inside ``run_dir``."""
     return [f"--data.init_args.data_root={data_root}", f"--data.init_args.image_size={image_size}",

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from experiments.cli import RetrievalCLI
-from tests.conftest import CONFIGS, tiny_overrides
+from tests.conftest import CONFIGS, tiny_args
 
 SWEEPS = sorted((CONFIGS.parent / "sweeps").glob("*.yaml"))
 
@@ -47,7 +47,7 @@ def test_every_config_has_a_sweep():
 
 
 @pytest.mark.parametrize("sweep_file", SWEEPS, ids=lambda p: p.stem)
-def test_sweep_runs_through_the_cli(sweep_file, phantom_root, tmp_path, monkeypatch):
+def test_sweep_runs_through_the_cli(sweep_file, phantom_root, deeplesion_root, tmp_path, monkeypatch):
     sweep = yaml.safe_load(sweep_file.read_text())
     values = {name: sample(spec, random.Random(0)) for name, spec in sweep["parameters"].items()}
     argv = agent_argv(sweep, values)
@@ -56,7 +56,8 @@ def test_sweep_runs_through_the_cli(sweep_file, phantom_root, tmp_path, monkeypa
     assert (CONFIGS.parents[1] / config).is_file(), config
     monkeypatch.chdir(CONFIGS.parents[1])
     monkeypatch.setenv("WANDB_MODE", "disabled")  # no W&B service needed in CI; the logger path is exercised
-    cli = RetrievalCLI(args=[*argv[3:], *tiny_overrides(tmp_path, phantom_root), "--trainer.max_epochs=1",
+    cli = RetrievalCLI(args=[*argv[3:], *tiny_args(config, tmp_path, phantom_root, deeplesion_root),
+                             "--trainer.max_epochs=1",
                              "--trainer.limit_train_batches=2"])
     for name, value in values.items():
         assert cli.config.fit.get(name) == value, name  # each sampled value reached the parsed config

@@ -1,14 +1,12 @@
-"""Writers of tiny synthetic datasets in the real on-disk formats (see DATASETS.md), for tests and demos.
+"""Writers of tiny synthetic datasets in the real on-disk formats (see DATASETS.md), for tests and demos,
+and the drawing helpers they share (:mod:`datamodules.synthetic.shapes`).
 
 Imported lazily, so ``python -m datamodules.synthetic.ct_liver_phantom`` runs without a runpy warning.
 """
-from importlib import import_module
+from datamodules._lazy import lazy_exports
 
-_WRITERS = {"liver_phantom": "ct_liver_phantom", "write_liver_phantom": "ct_liver_phantom"}
-__all__ = ["liver_phantom", "write_liver_phantom"]
-
-
-def __getattr__(name: str):
-    if name in _WRITERS:
-        return getattr(import_module(f"{__name__}.{_WRITERS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, {
+    "ct_liver_phantom": ("liver_phantom", "write_liver_phantom"),
+    "deeplesion": ("format_list", "write_deeplesion_phantom", "write_hu_png"),
+    "shapes": ("blur", "ellipse", "smooth_field"),
+})

@@ -23,14 +23,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from datamodules.synthetic.shapes import blur, ellipse, smooth_field
+
 LABELS = {"0": "background", "1": "liver", "2": "cancer"}
 # AppleDouble header of the macOS "._*" resource-fork files found in the real Task03_Liver archive.
 _APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4070)
-
-
-def _ellipse(x, y, cx, cy, a, b):
-    """Ellipse level ((x-cx)/a)^2 + ((y-cy)/b)^2 (< 1 inside); per-slice parameters broadcast over z."""
-    return ((x - cx) / np.maximum(a, 1e-6)) ** 2 + ((y - cy) / np.maximum(b, 1e-6)) ** 2
 
 
 def _zcol(v):
@@ -43,28 +40,6 @@ def _band(t, lo, hi, peak=0.5):
     s = np.clip((t - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     gamma = np.log(0.5) / np.log(peak)
     return np.sin(np.pi * s ** gamma) ** 0.6 * ((t > lo) & (t < hi))
-
-
-def _smooth_field(rng, shape, cells=(4, 6, 6)):
-    """Low-frequency random texture in [-1, 1] of ``shape`` (Z, H, W): a coarse grid, linearly upsampled."""
-    mats = []
-    for n, c in zip(shape, cells, strict=True):  # linear interpolation matrix (n x c) per axis
-        pos = np.linspace(0, c - 1, n)
-        i0 = np.minimum(np.floor(pos).astype(int), c - 2)
-        m = np.zeros((n, c))
-        m[np.arange(n), i0], m[np.arange(n), i0 + 1] = 1 - (pos - i0), pos - i0
-        mats.append(m)
-    return np.einsum("zi,yj,xk,ijk->zyx", *mats, rng.uniform(-1, 1, size=cells), optimize=True)
-
-
-def _blur(vol):
-    """Slight in-plane blur (separable [1, 2, 1] / 4 kernel), the scanner's point spread."""
-    for axis in (1, 2):
-        pad = np.pad(vol, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
-        lo = np.take(pad, range(vol.shape[axis]), axis=axis)
-        hi = np.take(pad, range(2, vol.shape[axis] + 2), axis=axis)
-        vol = 0.25 * lo + 0.5 * vol + 0.25 * hi
-    return vol
 
 
 def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, patient: int = 0):
@@ -84,20 +59,20 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
     img = np.full((nz, ny, nx), -1000.0)
     liver = np.zeros(img.shape, bool)
     lesion = np.zeros(img.shape, bool)
-    field = _smooth_field(rng, img.shape)
+    field = smooth_field(rng, img.shape)
 
     # Body: ellipse flatter posteriorly (supine patient), size breathing slowly along z.
     ax = _zcol(u(0.78, 0.92) * (1 + 0.04 * np.sin(2 * np.pi * (t * u(0.5, 1.5) + u(0, 1)))))
     by = _zcol(np.full(nz, u(0.56, 0.72)))
     bx0, by0 = u(-0.04, 0.04), u(0.0, 0.06)
     byy = np.where(y > by0, by * 0.92, by)
-    body = _ellipse(x, y, bx0, by0, ax, byy) < 1
+    body = ellipse(x, y, bx0, by0, ax, byy) < 1
     fat, wall = u(0.05, 0.12), u(0.035, 0.055)
-    muscle = _ellipse(x, y, bx0, by0, ax - fat, byy - fat) < 1
-    cavity = _ellipse(x, y, bx0, by0, ax - fat - wall, byy - fat - wall) < 1
+    muscle = ellipse(x, y, bx0, by0, ax - fat, byy - fat) < 1
+    cavity = ellipse(x, y, bx0, by0, ax - fat - wall, byy - fat - wall) < 1
     img[body] = -100 + 8 * field[body]
     img[muscle] = 45
-    img[cavity] = (-85 + 25 * field + 25 * _smooth_field(rng, img.shape, (6, 9, 9)))[cavity]
+    img[cavity] = (-85 + 25 * field + 25 * smooth_field(rng, img.shape, (6, 9, 9)))[cavity]
 
     # Liver band along z (about half the slices) and lung bases from just below the dome upwards.
     lc, lh = u(0.5, 0.68), u(0.22, 0.3)
@@ -105,22 +80,22 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
     lung_lo = hi - u(0.04, 0.14)
     lprof = _zcol(np.sqrt(np.clip((t - lung_lo) / 0.25, 0, 1)))
     for side in (-1, 1):
-        lung = _ellipse(x, y, bx0 + side * 0.5 * ax, by0 + 0.12 * by, 0.36 * ax * lprof, 0.6 * by * lprof) < 1
+        lung = ellipse(x, y, bx0 + side * 0.5 * ax, by0 + 0.12 * by, 0.36 * ax * lprof, 0.6 * by * lprof) < 1
         img[lung & cavity] = (-860 + 40 * field)[lung & cavity]
 
     # Spine geometry (painted last, over everything): vertebral body, canal, posterior elements.
     sx, sy, rv = bx0 + u(-0.02, 0.02), by0 + 0.58 * by - u(0.1, 0.16), u(0.09, 0.12)
     canal_y = sy + 1.45 * rv
-    vert = _ellipse(x, y, sx, sy, rv, 0.9 * rv)
-    lamina = _ellipse(x, y, sx, canal_y, 0.85 * rv, 0.75 * rv) < 1
-    spinous = _ellipse(x, y, sx, canal_y + 0.9 * rv, 0.25 * rv, 0.7 * rv) < 1
-    canal = _ellipse(x, y, sx, canal_y, 0.45 * rv, 0.4 * rv) < 1
+    vert = ellipse(x, y, sx, sy, rv, 0.9 * rv)
+    lamina = ellipse(x, y, sx, canal_y, 0.85 * rv, 0.75 * rv) < 1
+    spinous = ellipse(x, y, sx, canal_y + 0.9 * rv, 0.25 * rv, 0.7 * rv) < 1
+    canal = ellipse(x, y, sx, canal_y, 0.45 * rv, 0.4 * rv) < 1
     bone = (vert < 1) | lamina | spinous
     for side in (-1, 1):  # paraspinal muscles
-        img[_ellipse(x, y, sx + side * 1.9 * rv, canal_y + 0.5 * rv, 1.1 * rv, 1.3 * rv) < 1] = 50
+        img[ellipse(x, y, sx + side * 1.9 * rv, canal_y + 0.5 * rv, 1.1 * rv, 1.3 * rv) < 1] = 50
     psoas = _zcol(_band(t, -0.3, u(0.4, 0.6), 0.2))
     for side in (-1, 1):
-        img[_ellipse(x, y, sx + side * 1.7 * rv, sy - 0.1, 0.9 * rv * psoas, 1.1 * rv * psoas) < 1] = 48
+        img[ellipse(x, y, sx + side * 1.7 * rv, sy - 0.1, 0.9 * rv * psoas, 1.1 * rv * psoas) < 1] = 48
 
     # Bowel loops with gas pockets in the lower abdomen (top of the band varies independently of the liver).
     bowel_top = u(0.3, 0.65)
@@ -129,9 +104,9 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
         tc, hz = u(0, bowel_top), u(0.06, 0.2)
         prof = _zcol(_band(t, tc - hz, tc + hz))
         wander = cx + 0.1 * np.sin(6 * tz + cx * 9)
-        loop = (_ellipse(x, y, wander, cy, r * prof, 0.8 * r * prof) < 1) & cavity
+        loop = (ellipse(x, y, wander, cy, r * prof, 0.8 * r * prof) < 1) & cavity
         img[loop] = 40
-        content = (_ellipse(x, y, wander, cy, 0.7 * r * prof, 0.55 * r * prof) < 1) & cavity
+        content = (ellipse(x, y, wander, cy, 0.7 * r * prof, 0.55 * r * prof) < 1) & cavity
         if u() < 0.45:  # gas floats anteriorly (up) above the fluid level
             gas = np.broadcast_to(y < cy + u(-0.2, 1.0) * 0.5 * r, img.shape)
             img[content] = np.where(gas, -1000, u(5, 35))[content]
@@ -142,8 +117,8 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
     tc = u(0.55, 0.9)
     prof = _zcol(_band(t, tc - u(0.12, 0.2), tc + u(0.1, 0.2)))
     gcx, gcy, ga, gb = bx0 + u(0.15, 0.35), by0 - u(0.25, 0.4), u(0.14, 0.22), u(0.12, 0.18)
-    img[(_ellipse(x, y, gcx, gcy, ga * prof, gb * prof) < 1) & cavity] = 42
-    lumen = (_ellipse(x, y, gcx, gcy, 0.75 * ga * prof, 0.7 * gb * prof) < 1) & cavity
+    img[(ellipse(x, y, gcx, gcy, ga * prof, gb * prof) < 1) & cavity] = 42
+    lumen = (ellipse(x, y, gcx, gcy, 0.75 * ga * prof, 0.7 * gb * prof) < 1) & cavity
     img[lumen] = np.where(np.broadcast_to(y < gcy - u(0.0, 0.6) * gb, img.shape), -1000, u(15, 35))[lumen]
 
     # Kidneys (bilateral, posterior; the right one lower) with a hypodense renal sinus.
@@ -153,21 +128,21 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
         prof = _zcol(_band(t, c - u(0.12, 0.18), c + u(0.12, 0.18)))
         kx, ky = sx + side * u(0.24, 0.32), sy - u(0.0, 0.08)
         ka, kb = u(0.08, 0.11), u(0.11, 0.15)
-        img[_ellipse(x, y, kx, ky, ka * prof, kb * prof) < 1] = u(150, 200)
-        sinus = _ellipse(x, y, kx - side * 0.35 * ka, ky, 0.4 * ka * prof, 0.45 * kb * prof) < 1
+        img[ellipse(x, y, kx, ky, ka * prof, kb * prof) < 1] = u(150, 200)
+        sinus = ellipse(x, y, kx - side * 0.35 * ka, ky, 0.4 * ka * prof, 0.45 * kb * prof) < 1
         sinus &= prof > 0.6
         img[sinus] = u(-40, 10)
 
     # Spleen (patient's left = image right, posterolateral); its z band is independent of the liver's.
     c = u(0.45, 0.8)
     prof = _zcol(_band(t, c - u(0.1, 0.18), c + u(0.1, 0.18)))
-    spleen = _ellipse(x, y, bx0 + ax * u(0.45, 0.6), by0 + by * u(0.1, 0.3), u(0.1, 0.16) * prof,
+    spleen = ellipse(x, y, bx0 + ax * u(0.45, 0.6), by0 + by * u(0.1, 0.3), u(0.1, 0.16) * prof,
                       u(0.16, 0.24) * prof) < 1
     img[spleen & cavity] = u(100, 130)
 
     # Aorta (left of midline) and inferior vena cava (right), anterior to the spine.
-    img[_ellipse(x, y, sx + 0.07, sy - rv - 0.08, 0.05, 0.05) < 1] = u(150, 200)
-    img[_ellipse(x, y, sx - 0.13, sy - rv - 0.07, 0.06, 0.045) < 1] = u(100, 130)
+    img[ellipse(x, y, sx + 0.07, sy - rv - 0.08, 0.05, 0.05) < 1] = u(150, 200)
+    img[ellipse(x, y, sx - 0.13, sy - rv - 0.07, 0.06, 0.045) < 1] = u(100, 130)
 
     # Liver (right lobe hugging the right body wall, left lobe across the midline in the upper part).
     prof = _zcol(_band(t, lo, hi, peak=u(0.55, 0.75)))
@@ -175,17 +150,17 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
     la, lb = ax * u(0.38, 0.5), by * u(0.55, 0.75)
     theta = np.arctan2(y - ly, x - lx)
     wobble = 1 + u(0.03, 0.1) * np.sin(2 * theta + u(0, 6)) + u(0.02, 0.06) * np.sin(3 * theta + u(0, 6))
-    liver |= _ellipse(x, y, lx, ly, la * prof, lb * prof) < wobble ** 2
+    liver |= ellipse(x, y, lx, ly, la * prof, lb * prof) < wobble ** 2
     left_lobe = _zcol(np.clip((t - lo - u(0.3, 0.6) * (hi - lo)) / 0.15, 0, 1)) * prof
-    liver |= _ellipse(x, y, bx0 + ax * u(-0.05, 0.12), by0 - by * u(0.35, 0.5), ax * u(0.2, 0.32) * left_lobe,
+    liver |= ellipse(x, y, bx0 + ax * u(-0.05, 0.12), by0 - by * u(0.35, 0.5), ax * u(0.2, 0.32) * left_lobe,
                       by * u(0.14, 0.22) * left_lobe) < 1
     liver &= cavity & ~bone
     liver_hu = u(70, 100)
-    img[liver] = (liver_hu + 8 * _smooth_field(rng, img.shape, (5, 8, 8)))[liver]
+    img[liver] = (liver_hu + 8 * smooth_field(rng, img.shape, (5, 8, 8)))[liver]
     for _ in range(rng.integers(2, 5)):  # enhancing portal/hepatic vessels, labelled liver as in LiTS
         vx = lx + u(-0.5, 0.5) * la + u(-0.1, 0.1) * tz
         vy = ly + u(-0.5, 0.5) * lb + u(-0.1, 0.1) * tz
-        img[liver & (_ellipse(x, y, vx, vy, 0.035, 0.035) < 1)] = liver_hu + u(50, 80)
+        img[liver & (ellipse(x, y, vx, vy, 0.035, 0.035) < 1)] = liver_hu + u(50, 80)
 
     # Hypodense lesions (label 2), 0-4 per patient, inside the liver.
     for _ in range(rng.choice(5, p=[0.2, 0.3, 0.25, 0.15, 0.1])):
@@ -212,9 +187,9 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
         ang = angle + 0.8 * (tz - start)
         rx = bx0 + (ax - fat - 0.5 * wall) * np.cos(ang)
         ry = by0 + (by - fat - 0.5 * wall) * np.sin(ang)
-        img[(_ellipse(x, y, rx, ry, 0.045, 0.035) < 1) & (tz > start)] = u(600, 850)
+        img[(ellipse(x, y, rx, ry, 0.045, 0.035) < 1) & (tz > start)] = u(600, 850)
 
-    img = _blur(img) + rng.normal(0.0, u(10, 15), img.shape)
+    img = blur(img) + rng.normal(0.0, u(10, 15), img.shape)
     image = np.clip(np.rint(img), -1024, 3071).astype(np.int16).transpose(2, 1, 0)
     label = (liver.astype(np.uint8) + lesion.astype(np.uint8)).transpose(2, 1, 0)
     spacing = (u(0.7, 1.0),) * 2 + (float(rng.choice([2.5, 3.0, 5.0])),)

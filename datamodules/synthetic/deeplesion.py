@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from datamodules.synthetic.ct_liver_phantom import _blur, _ellipse, _smooth_field
+from datamodules.synthetic.shapes import blur, ellipse, smooth_field
 
 HU_OFFSET = 32768  # DeepLesion PNG value = HU + 32768
 DL_INFO_COLUMNS = ("File_name", "Patient_index", "Study_index", "Series_ID", "Key_slice_index",
@@ -145,16 +145,16 @@ def _anatomy(p: _Patient, t: float, n: int, rng: np.random.Generator):
     """Axial slice at body level ``t`` (HU, float) and region masks where lesions of each type may sit."""
     u = rng.uniform
     y, x = np.meshgrid((np.arange(n) + 0.5) / n * 2 - 1, (np.arange(n) + 0.5) / n * 2 - 1, indexing="ij")
-    tex = _smooth_field(rng, (1, n, n), (2, 7, 7))[0]
+    tex = smooth_field(rng, (1, n, n), (2, 7, 7))[0]
     img = np.full((n, n), -1000.0)
     chest, pelvis = t > p.lung_base - 0.04, t < 0.26
     ax = p.ax * (1.04 if pelvis else 1.0) * (0.97 + 0.03 * math.cos(6 * t))
     by = p.by * (0.92 if chest else 1.0)
     bx0, by0 = u(-0.02, 0.02), u(0.02, 0.06)
     byy = np.where(y > by0, by * 0.93, by)
-    body = _ellipse(x, y, bx0, by0, ax, byy) < 1
-    wall = _ellipse(x, y, bx0, by0, ax - p.fat, byy - p.fat) < 1
-    cavity = _ellipse(x, y, bx0, by0, ax - p.fat - 0.06, byy - p.fat - 0.06) < 1
+    body = ellipse(x, y, bx0, by0, ax, byy) < 1
+    wall = ellipse(x, y, bx0, by0, ax - p.fat, byy - p.fat) < 1
+    cavity = ellipse(x, y, bx0, by0, ax - p.fat - 0.06, byy - p.fat - 0.06) < 1
     img[body] = (-105 + 10 * tex)[body]
     img[wall] = 45 + 4 * tex[wall]
     img[cavity] = (-90 + 20 * tex)[cavity]
@@ -165,14 +165,14 @@ def _anatomy(p: _Patient, t: float, n: int, rng: np.random.Generator):
     sx, sy = bx0, by0 + 0.58 * by - 0.14
     if t > 0.2:
         for side in (-1, 1):
-            img[_ellipse(x, y, sx + side * 1.9 * rv, sy + 1.9 * rv, 1.2 * rv, 1.2 * rv) < 1] = 50
-        vert = _ellipse(x, y, sx, sy, rv, 0.9 * rv)
-        post = (_ellipse(x, y, sx, sy + 1.5 * rv, 0.8 * rv, 0.7 * rv) < 1) | (
-            _ellipse(x, y, sx, sy + 2.3 * rv, 0.22 * rv, 0.6 * rv) < 1)
+            img[ellipse(x, y, sx + side * 1.9 * rv, sy + 1.9 * rv, 1.2 * rv, 1.2 * rv) < 1] = 50
+        vert = ellipse(x, y, sx, sy, rv, 0.9 * rv)
+        post = (ellipse(x, y, sx, sy + 1.5 * rv, 0.8 * rv, 0.7 * rv) < 1) | (
+            ellipse(x, y, sx, sy + 2.3 * rv, 0.22 * rv, 0.6 * rv) < 1)
         img[post] = 700
         img[vert < 1] = 420 + 25 * tex[vert < 1]
         img[(vert < 1) & (vert > 0.6)] = 850
-        img[_ellipse(x, y, sx, sy + 1.45 * rv, 0.42 * rv, 0.38 * rv) < 1] = 15  # spinal canal
+        img[ellipse(x, y, sx, sy + 1.45 * rv, 0.42 * rv, 0.38 * rv) < 1] = 15  # spinal canal
         regions["bone"] = vert < 0.75
         bone |= (vert < 1) | post
     # Chest: lungs with vessels, mediastinum (fat, heart, aorta, trachea), ribs.
@@ -181,10 +181,10 @@ def _anatomy(p: _Patient, t: float, n: int, rng: np.random.Generator):
         grow = float(np.clip((t - p.lung_base + 0.04) / 0.12, 0.25, 1))
         for side in (-1, 1):
             lx = bx0 + side * 0.46 * ax
-            lung |= (_ellipse(x, y, lx, by0 - 0.03, 0.34 * ax * grow, 0.66 * by * grow) < 1) & cavity
+            lung |= (ellipse(x, y, lx, by0 - 0.03, 0.34 * ax * grow, 0.66 * by * grow) < 1) & cavity
         heart = _band(t, p.lung_base - 0.02, p.lung_base + 0.17)
         med = (np.abs(x - bx0) < 0.2 * ax) & cavity & (y < sy - rv)
-        lung &= ~med & ~(_ellipse(x, y, bx0 + 0.12, by0 - 0.15 * by, 0.34 * ax * heart, 0.42 * by * heart)
+        lung &= ~med & ~(ellipse(x, y, bx0 + 0.12, by0 - 0.15 * by, 0.34 * ax * heart, 0.42 * by * heart)
                          < 1)
         img[lung] = -860 + 25 * tex[lung]
         for side in (-1, 1):  # pulmonary vessel trees from the hila, and vessels cut across
@@ -194,21 +194,21 @@ def _anatomy(p: _Patient, t: float, n: int, rng: np.random.Generator):
                              3, rng)
         for _ in range(12):
             r = u(0.008, 0.018)
-            img[(_ellipse(x, y, u(-0.9, 0.9) * ax, by0 + u(-0.6, 0.6) * by, r, r) < 1) & lung] = u(-100, 40)
+            img[(ellipse(x, y, u(-0.9, 0.9) * ax, by0 + u(-0.6, 0.6) * by, r, r) < 1) & lung] = u(-100, 40)
         fat_med = med & ~lung
         img[fat_med] = (-95 + 15 * tex)[fat_med]
         if heart > 0:
-            hrt = _ellipse(x, y, bx0 + 0.12, by0 - 0.15 * by, 0.3 * ax * heart, 0.38 * by * heart) < 1
+            hrt = ellipse(x, y, bx0 + 0.12, by0 - 0.15 * by, 0.3 * ax * heart, 0.38 * by * heart) < 1
             img[hrt & cavity & ~lung] = 45
-            img[(_ellipse(x, y, bx0 + 0.1, by0 - 0.13 * by, 0.2 * ax * heart, 0.27 * by * heart) < 1)
+            img[(ellipse(x, y, bx0 + 0.1, by0 - 0.13 * by, 0.2 * ax * heart, 0.27 * by * heart) < 1)
                 & ~lung] = u(130, 200)
         aorta_r = 0.055
-        img[_ellipse(x, y, sx + 0.11, sy - rv - 0.05, aorta_r, aorta_r) < 1] = u(150, 250)  # descending
+        img[ellipse(x, y, sx + 0.11, sy - rv - 0.05, aorta_r, aorta_r) < 1] = u(150, 250)  # descending
         if t > p.lung_base + 0.14:
-            img[_ellipse(x, y, bx0 - 0.05, by0 - 0.3 * by, 0.07, 0.07) < 1] = u(150, 250)  # ascending
-            img[_ellipse(x, y, bx0 + 0.05, by0 - 0.38 * by, 0.06, 0.05) < 1] = u(130, 200)  # pulmonary trunk
-            img[_ellipse(x, y, bx0, sy - rv - 0.2, 0.05, 0.05) < 1] = -1000  # trachea
-            img[_ellipse(x, y, sx + 0.02, sy - rv - 0.05, 0.025, 0.025) < 1] = 40  # oesophagus
+            img[ellipse(x, y, bx0 - 0.05, by0 - 0.3 * by, 0.07, 0.07) < 1] = u(150, 250)  # ascending
+            img[ellipse(x, y, bx0 + 0.05, by0 - 0.38 * by, 0.06, 0.05) < 1] = u(130, 200)  # pulmonary trunk
+            img[ellipse(x, y, bx0, sy - rv - 0.2, 0.05, 0.05) < 1] = -1000  # trachea
+            img[ellipse(x, y, sx + 0.02, sy - rv - 0.05, 0.025, 0.025) < 1] = 40  # oesophagus
     # Ribs (chest and upper abdomen), just inside the body wall.
     ribs = np.zeros((n, n), bool)
     if t > 0.5:
@@ -217,31 +217,31 @@ def _anatomy(p: _Patient, t: float, n: int, rng: np.random.Generator):
             ang = ang + math.pi if k % 2 == 0 else ang
             rx = bx0 + (ax - p.fat - 0.03) * math.cos(ang)
             ry = by0 + (by - p.fat - 0.03) * math.sin(ang)
-            rib = _ellipse(x, y, rx, ry, 0.04, 0.03) < 1
+            rib = ellipse(x, y, rx, ry, 0.04, 0.03) < 1
             img[rib] = u(600, 850)
-            img[_ellipse(x, y, rx, ry, 0.022, 0.015) < 1] = 250
+            img[ellipse(x, y, rx, ry, 0.022, 0.015) < 1] = 250
             ribs |= rib
         bone |= ribs
     # Upper abdomen: liver (right), stomach and spleen (left), pancreas, kidneys, aorta and IVC.
     liver_p = _band(t, 0.5, p.lung_base + 0.08)
     if liver_p > 0:
         lobe = (0.4 * ax * liver_p, 0.62 * by * liver_p)  # right lobe, then the left lobe across the midline
-        liver = _ellipse(x, y, bx0 - 0.42 * ax, by0 - 0.06 * by, *lobe) < 1
+        liver = ellipse(x, y, bx0 - 0.42 * ax, by0 - 0.06 * by, *lobe) < 1
         left = (0.26 * ax * liver_p ** 2, 0.17 * by * liver_p)
-        liver |= _ellipse(x, y, bx0 - 0.05, by0 - 0.45 * by, *left) < 1
+        liver |= ellipse(x, y, bx0 - 0.05, by0 - 0.45 * by, *left) < 1
         liver &= cavity & ~bone
         img[liver] = (p.liver_hu + 8 * tex)[liver]
         for _ in range(4):  # portal / hepatic vessels
             vx, vy = bx0 - 0.42 * ax + u(-0.2, 0.15), by0 - 0.06 * by + u(-0.3, 0.3)
-            img[liver & (_ellipse(x, y, vx, vy, 0.03, 0.03) < 1)] = p.liver_hu + u(40, 70)
+            img[liver & (ellipse(x, y, vx, vy, 0.03, 0.03) < 1)] = p.liver_hu + u(40, 70)
         lung &= ~liver
     stomach = _band(t, 0.55, p.lung_base + 0.04)
     if stomach > 0:
-        st = _ellipse(x, y, bx0 + 0.35 * ax, by0 - 0.35 * by, 0.22 * stomach, 0.17 * stomach) < 1
+        st = ellipse(x, y, bx0 + 0.35 * ax, by0 - 0.35 * by, 0.22 * stomach, 0.17 * stomach) < 1
         img[st & cavity] = 40
-        lumen = (_ellipse(x, y, bx0 + 0.35 * ax, by0 - 0.35 * by, 0.16 * stomach, 0.12 * stomach) < 1)
+        lumen = (ellipse(x, y, bx0 + 0.35 * ax, by0 - 0.35 * by, 0.16 * stomach, 0.12 * stomach) < 1)
         img[lumen & cavity] = np.where(y < by0 - 0.38 * by, -1000, 20)[lumen & cavity]
-        spl = _ellipse(x, y, bx0 + 0.55 * ax, by0 + 0.25 * by, 0.14 * stomach, 0.22 * stomach) < 1
+        spl = ellipse(x, y, bx0 + 0.55 * ax, by0 + 0.25 * by, 0.14 * stomach, 0.22 * stomach) < 1
         img[spl & cavity] = p.liver_hu + 25
     if 0.46 < t < 0.62:
         img[(_rot_ellipse(x, y, bx0 + 0.08, sy - rv - 0.2, 0.3, 0.06, -0.3) < 1) & cavity] = 45  # pancreas
@@ -250,22 +250,22 @@ def _anatomy(p: _Patient, t: float, n: int, rng: np.random.Generator):
     if kid > 0:
         for side in (-1, 1):
             kx, ky = sx + side * 0.3, sy - 0.04
-            k = _ellipse(x, y, kx, ky, 0.1 * kid, 0.14 * kid) < 1
+            k = ellipse(x, y, kx, ky, 0.1 * kid, 0.14 * kid) < 1
             kidney |= k
             img[k] = p.kidney_hu + 10 * tex[k]
-            img[k & (_ellipse(x, y, kx - side * 0.04, ky, 0.04 * kid, 0.06 * kid) < 1)] = u(-30, 10)
+            img[k & (ellipse(x, y, kx - side * 0.04, ky, 0.04 * kid, 0.06 * kid) < 1)] = u(-30, 10)
     if not chest and t > 0.24:
-        img[_ellipse(x, y, sx + 0.08, sy - rv - 0.06, 0.05, 0.05) < 1] = u(150, 250)  # aorta
-        img[_ellipse(x, y, sx - 0.1, sy - rv - 0.05, 0.06, 0.045) < 1] = u(100, 150)  # IVC
+        img[ellipse(x, y, sx + 0.08, sy - rv - 0.06, 0.05, 0.05) < 1] = u(150, 250)  # aorta
+        img[ellipse(x, y, sx - 0.1, sy - rv - 0.05, 0.06, 0.045) < 1] = u(100, 150)  # IVC
         for side in (-1, 1):  # psoas
-            img[_ellipse(x, y, sx + side * 0.16, sy + 0.01, 0.06 + 0.1 * (0.5 - t), 0.07) < 1] = 48
+            img[ellipse(x, y, sx + side * 0.16, sy + 0.01, 0.06 + 0.1 * (0.5 - t), 0.07) < 1] = 48
     # Bowel loops and colon with gas (lower abdomen and pelvis).
     if t < 0.6:
         for _ in range(rng.integers(6, 12)):
             cx, cy, r = bx0 + u(-0.55, 0.55) * ax, by0 + u(-0.6, 0.25) * by, u(0.05, 0.09)
-            loop = (_ellipse(x, y, cx, cy, r, 0.85 * r) < 1) & cavity & (img < 0) & ~bone
+            loop = (ellipse(x, y, cx, cy, r, 0.85 * r) < 1) & cavity & (img < 0) & ~bone
             img[loop] = 40
-            inner = loop & (_ellipse(x, y, cx, cy, 0.7 * r, 0.6 * r) < 1)
+            inner = loop & (ellipse(x, y, cx, cy, 0.7 * r, 0.6 * r) < 1)
             img[inner] = -1000 if u() < 0.35 else u(5, 30)
     # Pelvis: iliac bones, sacrum, femoral heads, bladder, rectum, uterus / prostate, iliac vessels.
     if pelvis:
@@ -276,23 +276,23 @@ def _anatomy(p: _Patient, t: float, n: int, rng: np.random.Generator):
                 img[il < 0.45] = 280 + 20 * tex[il < 0.45]
                 bone |= il < 1
             else:
-                fh = _ellipse(x, y, bx0 + side * 0.5 * ax, by0 + 0.05, 0.11, 0.11)
+                fh = ellipse(x, y, bx0 + side * 0.5 * ax, by0 + 0.05, 0.11, 0.11)
                 img[fh < 1] = 750
                 img[fh < 0.6] = 300
                 bone |= fh < 1
-            gluteal = _ellipse(x, y, bx0 + side * 0.42 * ax, by0 + 0.55 * by, 0.2, 0.12) < 1
+            gluteal = ellipse(x, y, bx0 + side * 0.42 * ax, by0 + 0.55 * by, 0.2, 0.12) < 1
             img[gluteal & wall] = 50
-            img[_ellipse(x, y, bx0 + side * 0.3 * ax, by0 - 0.15 * by, 0.035, 0.035) < 1] = u(150, 220)
+            img[ellipse(x, y, bx0 + side * 0.3 * ax, by0 - 0.15 * by, 0.035, 0.035) < 1] = u(150, 220)
         if t > 0.08:
-            sac = _ellipse(x, y, bx0, by0 + 0.55 * by, 0.16, 0.09)
+            sac = ellipse(x, y, bx0, by0 + 0.55 * by, 0.16, 0.09)
             img[sac < 1] = 650
             img[sac < 0.6] = 300
             bone |= sac < 1
         bl = _band(t, -0.15, 0.22)
         if bl > 0:
-            img[(_ellipse(x, y, bx0, by0 - 0.3 * by, 0.24 * bl, 0.2 * bl) < 1) & cavity] = u(5, 15)  # bladder
-        img[_ellipse(x, y, bx0, by0 + 0.08 * by + 0.2, 0.1, 0.07) < 1] = 45 if p.female else 40
-        rect = _ellipse(x, y, bx0, by0 + 0.3 * by + 0.1, 0.06, 0.05)
+            img[(ellipse(x, y, bx0, by0 - 0.3 * by, 0.24 * bl, 0.2 * bl) < 1) & cavity] = u(5, 15)  # bladder
+        img[ellipse(x, y, bx0, by0 + 0.08 * by + 0.2, 0.1, 0.07) < 1] = 45 if p.female else 40
+        rect = ellipse(x, y, bx0, by0 + 0.3 * by + 0.1, 0.06, 0.05)
         img[rect < 1] = 40
         img[rect < 0.4] = -1000
         regions["pelvis"] = cavity & (img < -40) & ~bone
@@ -455,14 +455,14 @@ def _key_slice(p: _Patient, lesions: list[_Lesion], level: float, spacing: float
     """Draw one key slice: (HU image with blur and noise, body mask, [(lesion, its mask)])."""
     y, x = np.meshgrid((np.arange(n) + 0.5) / n * 2 - 1, (np.arange(n) + 0.5) / n * 2 - 1, indexing="ij")
     img, regions, body = _anatomy(p, level, n, rng)
-    tex = _smooth_field(rng, (1, n, n), (2, 9, 9))[0]
+    tex = smooth_field(rng, (1, n, n), (2, 9, 9))[0]
     drawn = []
     for lesion in lesions:
         size = lesion.size_mm * rng.uniform(0.85, 1.15)  # follow-up: grows or shrinks
         grown = _Lesion(**{**lesion.__dict__, "size_mm": size})
         drawn.append((lesion, _draw_lesion(img, grown, regions, spacing, rng, x, y, tex)))
         lesion.anchor = lesion.anchor or grown.anchor
-    img = _blur(img[None])[0] + rng.normal(0, rng.uniform(8, 14), img.shape)
+    img = blur(img[None])[0] + rng.normal(0, rng.uniform(8, 14), img.shape)
     return np.clip(img, -1024, 3071), body, drawn
 
 
@@ -532,7 +532,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     root = write_deeplesion_phantom(args.root, args.patients, args.image_size, args.seed,
                                     args.unlabelled_fraction)
-    n_rows = sum(1 for _ in open(root / "DL_info.csv")) - 1
+    with open(root / "DL_info.csv") as f:
+        n_rows = sum(1 for _ in f) - 1
     print(f"wrote synthetic DeepLesion phantom ({args.patients} patients, {n_rows} lesions) to {root}")
 
 

@@ -19,7 +19,8 @@ WIDE_WINDOW: Window = (-200.0, 300.0)
 LIVER_WINDOW: Window = (50.0, 150.0)
 
 
-def _check_window(window: Sequence[float], name: str) -> Window:
+def check_window(window: Sequence[float], name: str) -> Window:
+    """``window`` as a float (low, high) HU pair; ValueError naming ``name`` unless low < high."""
     lo, hi = (float(v) for v in window)
     if not lo < hi:
         raise ValueError(f"{name}={tuple(window)}: expected (low, high) in HU with low < high")
@@ -35,8 +36,8 @@ def hounsfield_window(hu: Tensor, window: Window = WIDE_WINDOW,
     window's affine (``scale_window=(-200, 300)``), so the narrow view lands in [0.5, 0.7]
     (Wickstrøm et al. 2022, HU windows). Integer input is converted to float32.
     """
-    lo, hi = _check_window(window, "window")
-    slo, shi = _check_window(scale_window, "scale_window") if scale_window is not None else (lo, hi)
+    lo, hi = check_window(window, "window")
+    slo, shi = check_window(scale_window, "scale_window") if scale_window is not None else (lo, hi)
     hu = torch.as_tensor(hu)
     if not hu.is_floating_point():
         hu = hu.float()
@@ -65,8 +66,8 @@ class HounsfieldWindowd(MapTransform):
             raise ValueError(f"output_key={output_key!r} needs exactly one input key, got {self.keys}")
         if channels < 1:
             raise ValueError(f"channels={channels}: expected a positive number of output channels")
-        self.window = _check_window(window, "window")
-        self.scale_window = _check_window(scale_window, "scale_window") if scale_window is not None else None
+        self.window = check_window(window, "window")
+        self.scale_window = check_window(scale_window, "scale_window") if scale_window is not None else None
         self.output_key = output_key
         self.channels = int(channels)
 
