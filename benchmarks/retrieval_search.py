@@ -6,6 +6,10 @@ inputs exist (the high-water mark is reset there via /proc/self/clear_refs). FAI
 ``add`` (and, for cosine, normalising a copy, which ``exact_topk`` does inside); the naive method is
 ``pairwise_distance`` on the full Q x G matrix then ``torch.topk``.
 
+Shared machines: before each run the parent waits (bounded) for the CPUs to be idle, the child measures
+how many cores other processes kept busy during its run ("other load", from /proc/stat), and a run
+disturbed by more than 0.1 core is repeated (``--retries``).
+
     python benchmarks/retrieval_search.py                       # N = 20k, 50k, D = 2048, k = 10
     python benchmarks/retrieval_search.py --quick               # N = 2000, seconds
 """
@@ -25,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("ours", "faiss", "naive")
 DISTANCES = ("euclidean", "cosine")
+DISTURBED = 0.1            # other processes' average busy cores above which a run is retried
 
 
 def _status(field: str) -> float:
@@ -33,6 +38,21 @@ def _status(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise KeyError(field)
+
+
+def _busy_s() -> float:
+    """CPU seconds all processes (and the hypervisor: steal) have used since boot."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_quiet(max_wait: float) -> None:
+    end = time.time() + max_wait
+    while time.time() < end:
+        b0 = _busy_s()
+        time.sleep(2)
+        if (_busy_s() - b0) / 2 < DISTURBED:
+            return
 
 
 def _search_module():
@@ -46,7 +66,6 @@ def _search_module():
 def _search(method: str, distance: str, x: np.ndarray, k: int, chunks: list[int] | None):
     """(distances, indices) as numpy, distances as exact_topk defines them."""
     import torch
-
     if method == "ours":
         xt = torch.from_numpy(x)
         kw = {} if chunks is None else {"query_chunk": chunks[0], "gallery_chunk": chunks[1]}
@@ -79,24 +98,36 @@ def worker(args: argparse.Namespace) -> None:
     _search(args.method, args.distance, x[:64], args.k, args.chunks)          # warm-up: libraries, threads
     Path("/proc/self/clear_refs").write_text("5")                               # reset VmHWM to current RSS
     base = _status("VmRSS")
-    cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    cpu0, busy0, t0 = resource.getrusage(resource.RUSAGE_SELF), _busy_s(), time.perf_counter()
     d, i = _search(args.method, args.distance, x, args.k, args.chunks)
-    wall, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    wall, cpu1, busy = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF), _busy_s() - busy0
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     np.save(args.out, np.stack([d.astype(np.float64), i.astype(np.float64)]))
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_mib": _status("VmHWM") - base}))
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_mib": _status("VmHWM") - base,
+                      "other_cores": max(0.0, busy - cpu) / wall}))
 
 
 def run_one(method: str, distance: str, n: int, args: argparse.Namespace, tmp: Path) -> dict:
+    """One child run, repeated while other processes disturbed it (at most ``args.retries`` times)."""
     out = tmp / f"{method}_{distance}_{n}.npy"
     cmd = [sys.executable, __file__, "--worker", "--method", method, "--distance", distance, "--n", str(n),
            "--dim", str(args.dim), "--k", str(args.k), "--threads", str(args.threads), "--out", str(out),
            *(["--chunks", *map(str, args.chunks)] if args.chunks else [])]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"{method}/{distance}/{n} failed:\n{res.stderr[-3000:]}")
-    return {**json.loads(res.stdout.strip().splitlines()[-1]), "out": out}
+    best = None
+    for _ in range(1 + args.retries):
+        _wait_quiet(args.quiet_wait)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"{method}/{distance}/{n} failed:\n{res.stderr[-3000:]}")
+        v = {**json.loads(res.stdout.strip().splitlines()[-1]), "out": out}
+        print(f"N={n} {distance:9s} {method:5s} wall {v['wall_s']:8.2f} s  cpu {v['cpu_s']:8.2f} s  "
+              f"peak +{v['peak_mib']:7.0f} MiB  other load {v['other_cores']:.2f} cores", flush=True)
+        if best is None or (v["other_cores"], v["wall_s"]) < (best["other_cores"], best["wall_s"]):
+            best = v
+        if v["other_cores"] <= DISTURBED:
+            return v
+    return best
 
 
 def agreement(a: Path, b: Path, rtol: float = 1e-5) -> tuple[float, bool]:
@@ -115,6 +146,8 @@ def main() -> None:
     p.add_argument("--chunks", type=int, nargs=2, help="exact_topk query/gallery chunk (default: its own)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--repeats", type=int, default=1, help="ours/FAISS runs (fastest kept); naive: once")
+    p.add_argument("--retries", type=int, default=2, help="extra runs when other processes disturbed one")
+    p.add_argument("--quiet-wait", type=float, default=60, help="max seconds to wait for idle CPUs per run")
     p.add_argument("--quick", action="store_true", help="N = 2000: a smoke run in seconds")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--method", "--distance", "--out"):
@@ -123,10 +156,11 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    sizes = [2000] if args.quick else args.sizes
+    if args.quick:
+        args.sizes, args.retries, args.quiet_wait = [2000], 0, 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
+        for n in args.sizes:
             for distance in DISTANCES:
                 r = {}
                 for rep in range(args.repeats):                 # interleaved; keep each method's fastest run
@@ -135,13 +169,10 @@ def main() -> None:
                             continue
                         v = run_one(m, distance, n, args, Path(tmp))
                         r[m] = v if m not in r or v["wall_s"] < r[m]["wall_s"] else r[m]
-                for m, v in r.items():
-                    print(f"N={n} {distance:9s} {m:5s} wall {v['wall_s']:8.2f} s  cpu {v['cpu_s']:8.2f} s  "
-                          f"peak +{v['peak_mib']:7.0f} MiB  (load avg {os.getloadavg()[0]:.1f})", flush=True)
                 if "ours" in r and "faiss" in r:
                     r["agree"] = agreement(r["ours"]["out"], r["faiss"]["out"])
                 rows.append((n, distance, r))
-    print(table(rows, args))
+    print("\n" + table(rows, args))
 
 
 def table(rows: list, args: argparse.Namespace) -> str:
@@ -151,24 +182,25 @@ def table(rows: list, args: argparse.Namespace) -> str:
 
     def ratio(r: dict, a: str, b: str, key: str, fmt: str = "{:.2f}") -> str:
         return fmt.format(r[a][key] / max(r[b][key], 1e-9)) if a in r and b in r else "-"
+    chunks = "x".join(map(str, args.chunks)) if args.chunks else "default"
     lines = [f"D={args.dim}, k={args.k}, queries = gallery = N, random float32, {args.threads} threads, "
-             f"exact_topk chunks {'x'.join(map(str, args.chunks)) if args.chunks else 'default'}; "
-             f"time = wall s (CPU s), fastest of "
-             f"{args.repeats} for ours/FAISS; memory = peak MiB above the inputs", "",
+             f"exact_topk chunks {chunks}; time = wall s (CPU s); memory = peak MiB above the inputs; "
+             "other load = max cores other processes used during the kept runs", "",
              "| N | distance | ours | FAISS | naive | ours/FAISS wall (CPU) | ours MiB | FAISS MiB "
-             "| naive MiB | naive/ours mem | indices = FAISS |",
-             "|" + "---|" * 11]
+             "| naive MiB | naive/ours mem | indices = FAISS | other load |",
+             "|" + "---|" * 12]
     for n, distance, r in rows:
         agree = "-"
         if "agree" in r:
-            share, ties_only = r["agree"]
+            share, dist_ok = r["agree"]
             agree = f"{100 * share:.3f}%" + (" (rest: near-ties)" if share < 1 else "")
-            agree += "" if ties_only else " DISTANCES DIFFER"
+            agree += "" if dist_ok else " DISTANCES DIFFER"
         times = [f"{get(r, m, 'wall_s')} ({get(r, m, 'cpu_s')})" if m in r else "-" for m in METHODS]
+        other = max(r[m]["other_cores"] for m in METHODS if m in r)
         lines.append(f"| {n} | {distance} | {' | '.join(times)} | {ratio(r, 'ours', 'faiss', 'wall_s')} "
                      f"({ratio(r, 'ours', 'faiss', 'cpu_s')}) | {get(r, 'ours', 'peak_mib', '{:.0f}')} "
                      f"| {get(r, 'faiss', 'peak_mib', '{:.0f}')} | {get(r, 'naive', 'peak_mib', '{:.0f}')} "
-                     f"| {ratio(r, 'naive', 'ours', 'peak_mib', '{:.0f}x')} | {agree} |")
+                     f"| {ratio(r, 'naive', 'ours', 'peak_mib', '{:.0f}x')} | {agree} | {other:.2f} |")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from callbacks.retrieval_metrics import (
 from callbacks.search import candidate_mask, check_candidates, exact_topk
 
 METRICS = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN", "kNN_F1")
+DEFAULT_METRICS = METRICS[:-1]  # kNN_F1 (lesion-type classification) on request
 ArrayLike = np.ndarray | Tensor
 
 
@@ -119,7 +120,7 @@ def relevant_candidates(rule: Rule, q_labels: Tensor, g_labels: Tensor, k: int, 
 def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLike, query_labels: ArrayLike,
                        gallery_labels: ArrayLike, *, k_values: Sequence[int] = (1, 5, 10),
                        distance: str = "cosine", relevance: str | Rule = "same_label",
-                       metrics: Sequence[str] = METRICS,
+                       metrics: Sequence[str] = DEFAULT_METRICS,
                        query_ids: ArrayLike | None = None, gallery_ids: ArrayLike | None = None,
                        query_groups: ArrayLike | None = None, gallery_groups: ArrayLike | None = None,
                        candidates: str = "all", query_chunk: int = 4096, gallery_chunk: int = 4096,

@@ -15,8 +15,8 @@ class AfterRetrievalEvaluation(Callback):
     """Base of callbacks that reuse the neighbours found by :class:`RetrievalEvaluation` in the same epoch.
 
     Must come after it in ``trainer.callbacks`` (checked at setup). Subclasses implement :meth:`on_results`,
-    called on every rank once per new evaluation of a stage (``val`` or ``test``) when the epoch matches
-    ``every_n_epochs``.
+    called on every rank once per new evaluation of a stage (``val`` or ``test``): in ``fit`` on epochs
+    ``every_n_epochs``, 2 x ``every_n_epochs``, ...; always in ``validate`` and ``test``.
     """
 
     def __init__(self, every_n_epochs: int = 1):
@@ -44,8 +44,7 @@ class AfterRetrievalEvaluation(Callback):
         if nb is None or self._seen.get(stage) is nb:
             return  # the evaluation did not run this epoch
         self._seen[stage] = nb
-        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs and not last:
+        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         self.on_results(trainer, pl_module, stage, nb)
 
