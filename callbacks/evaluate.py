@@ -15,7 +15,7 @@ from callbacks.retrieval_metrics import (
     ndcg_at_k,
     precision_at_k,
 )
-from callbacks.search import candidate_mask, check_candidates, exact_topk
+from callbacks.search import block_mask, check_candidates, exact_topk
 
 METRICS = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN", "kNN_F1")
 DEFAULT_METRICS = METRICS[:-1]  # kNN_F1 (lesion-type classification) on request
@@ -24,10 +24,6 @@ ArrayLike = np.ndarray | Tensor
 
 def _tensor(x: ArrayLike | None, device: torch.device) -> Tensor | None:
     return None if x is None else torch.as_tensor(x).to(device)
-
-
-def _slice(t: Tensor | None, s: int, e: int) -> Tensor | None:
-    return None if t is None else t[s:e]
 
 
 def retrieved_relevance(rule: Rule, q_labels: Tensor, g_labels: Tensor, indices: Tensor,
@@ -82,8 +78,7 @@ def _scan(rule: Rule, q_labels: Tensor, g_labels: Tensor, k: int, graded: bool, 
         for gs in range(0, n_g, gallery_chunk):
             ge = min(gs + gallery_chunk, n_g)
             rel = rule(q_labels[qs:qe], g_labels[gs:ge]).float()
-            sliced = (_slice(t, s, e) for t, s, e in zip(aux, (qs, gs, qs, gs), (qe, ge, qe, ge)))
-            mask = candidate_mask(*sliced, candidates=candidates)
+            mask = block_mask(aux, qs, qe, gs, ge, candidates)
             if mask is not None:
                 rel = rel.masked_fill(~mask, 0.0)
             r[qs:qe] += (rel > 0).sum(1)
@@ -136,8 +131,8 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
 
     Policy for queries without any relevant candidate (R == 0): they count as 0 in P@K, mP@K and kNN@K
     (well defined), and are left out of the means of AP@K and nDCG@K (undefined, NaN per query); their
-    number is ``n_queries_without_relevant``. kNN@K / kNN_F1@K are only computed for single-label integer labels
-    (silently skipped for multi-label). With ``return_neighbours=True`` the result is
+    number is ``n_queries_without_relevant``. kNN@K / kNN_F1@K are only computed for single-label integer
+    labels (silently skipped for multi-label). With ``return_neighbours=True`` the result is
     ``(metrics, distances [Q, kmax], indices [Q, kmax])`` from the search, for figures.
     """
     bad = [m for m in metrics if m not in METRICS]

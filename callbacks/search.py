@@ -92,6 +92,15 @@ def candidate_mask(query_ids: Tensor | None, gallery_ids: Tensor | None,
     return mask
 
 
+def block_mask(aux: list[Tensor | None], qs: int, qe: int, gs: int, ge: int,
+               candidates: str) -> Tensor | None:
+    """``candidate_mask`` of the block queries[qs:qe] x gallery[gs:ge];
+    aux = [query_ids, gallery_ids, query_groups, gallery_groups] (entries may be None)."""
+    q_ids, g_ids, q_groups, g_groups = (None if t is None else t[s:e] for t, s, e in
+                                        zip(aux, (qs, gs, qs, gs), (qe, ge, qe, ge)))
+    return candidate_mask(q_ids, g_ids, q_groups, g_groups, candidates)
+
+
 def _rows(q: Prepared, rows: Tensor) -> Prepared:
     return q[0][rows], None if q[1] is None else q[1][rows]
 
@@ -170,8 +179,7 @@ def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine
             ge = min(gs + gc, n_g)
             gb = tuple(None if t is None else t[gs:ge] for t in g)
             block = score_block(qb, gb, distance, out=buf[: (qe - qs) * (ge - gs)].view(qe - qs, ge - gs))
-            mask = candidate_mask(*(None if t is None else t[s:e] for t, s, e in zip(
-                aux, (qs, gs, qs, gs), (qe, ge, qe, ge))), candidates=candidates)
+            mask = block_mask(aux, qs, qe, gs, ge, candidates)
             if mask is not None:
                 block.masked_fill_(~mask, float("-inf"))
             d, i = _block_topk(block, qb, k, distance)

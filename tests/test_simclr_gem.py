@@ -13,14 +13,7 @@ from lightning_modules.components.views import ContrastiveViewsd
 from lightning_modules.simclr_gem import SimCLRGeM
 from lightning_modules.simclr_gem_finetune import SimCLRGeMFinetune
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids fork-join waits on a busy CPU (several times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(backbone="resnet10t", extra_channels=(16, 16))  # paper: resnet18, (512, 512); tests stay fast

@@ -7,14 +7,7 @@ import torch.nn.functional as F
 
 from lightning_modules.vae import VAE, gaussian_kl
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids fork-join waits on a busy CPU (several times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vae(**kw):
