@@ -78,6 +78,17 @@ class RetrievalCLI(LightningCLI):
                          save_config_callback=ConfigToLoggers,
                          parser_kwargs={"parser_mode": "omegaconf"},
                          save_config_kwargs={"overwrite": True}, args=args, run=run)
+        if run:
+            self.finish_wandb()
+
+    def finish_wandb(self) -> None:
+        """Close the W&B run at the end of the subcommand, so an offline run folder is complete (Lightning's
+        logger leaves it open for notebooks) and a sweep agent sees the run end."""
+        if any(isinstance(lg, WandbLogger) for lg in self.trainer.loggers):
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(WandbOptions, "wandb")

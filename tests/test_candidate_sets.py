@@ -1,0 +1,43 @@
+"""Same-patient / cross-patient candidate sets on a hand-made example (the lesion-search protocol)."""
+import pytest
+import torch
+
+from callbacks import evaluate_retrieval, exact_topk
+
+# Six lesions on a line (1-D embeddings), three patients, two lesion types.
+EMB = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
+PATIENT = torch.tensor([0, 0, 1, 1, 2, 2])
+TYPE = torch.tensor([4, 5, 4, 5, 4, 4])
+IDS = torch.arange(6)
+
+
+def neighbours(candidates, k=3):
+    _, idx = exact_topk(EMB, EMB, k, "euclidean", query_ids=IDS, gallery_ids=IDS, query_groups=PATIENT,
+                        gallery_groups=PATIENT, candidates=candidates)
+    return idx.tolist()
+
+
+def test_candidate_sets_exclude_the_query_and_restrict_patients():
+    # Query 2 (patient 1): all = 1, 3 (distance 1, tie -> lower index first), then 0 (distance 2).
+    assert neighbours("all")[2] == [1, 3, 0]
+    # same patient only: lesion 3; nothing else -> -1 padding.
+    assert neighbours("same_group")[2] == [3, -1, -1]
+    # other patients only: 1 (patient 0), 0 (patient 0, distance 2) and 4 (patient 2, distance 2) -> 0 first.
+    assert neighbours("other_group")[2] == [1, 0, 4]
+    for q, row in enumerate(neighbours("all")):
+        assert q not in row
+
+
+def test_cross_patient_average_precision_by_hand():
+    metrics = evaluate_retrieval(EMB, EMB, TYPE, TYPE, k_values=[2], distance="euclidean", metrics=["AP", "P"],
+                                 query_ids=IDS, gallery_ids=IDS, query_groups=PATIENT, gallery_groups=PATIENT,
+                                 candidates="other_group")
+    # Cross-patient top-2 per query (type 4 = lesions 0, 2, 4, 5; type 5 = lesions 1, 3):
+    # q0 (t4): 2 (t4, rel), 3 -> P@1 = 1; R = 3 (2, 4, 5) -> AP@2 = 1 / min(2, 3) = 0.5
+    # q1 (t5): 2, 3 (t5, rel) -> AP@2 = (1/2) / min(2, 1) = 0.5
+    # q2 (t4): 1, 0 (t4, rel) -> AP@2 = (1/2) / min(2, 3) = 0.25
+    # q3 (t5): 4 (distance 1), then 1 and 5 tie at 2 -> 1 (lower index, t5, rel) -> AP@2 = (1/2) / min(2, 1)
+    # q4 (t4): 3, 2 (t4, rel) -> AP@2 = (1/2) / min(2, 2) = 0.25   (R: 0, 2)
+    # q5 (t4): 3, 2 (t4, rel) -> AP@2 = (1/2) / min(2, 2) = 0.25
+    assert metrics["AP@2"] == pytest.approx((0.5 + 0.5 + 0.25 + 0.5 + 0.25 + 0.25) / 6)
+    assert metrics["P@2"] == pytest.approx(0.5)  # every query has exactly one hit in its top 2
