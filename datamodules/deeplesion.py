@@ -185,6 +185,8 @@ class DeepLesionDataModule(RetrievalDataModule):
         data_root: the DeepLesion folder (DL_info.csv, Images_png/).
         crop_size: side of the lesion crop in pixels (paper: 64).
         window / use_dicom_window: HU window of ``image`` (see above).
+        frangi_input: feed the Frangi map (scaled per crop to [0, 1], 3 channels) to the model as ``image``
+            (the paper's optional preprocessing); needs ``frangi``. The windowed crop stays in ``hu``.
         frangi: add ``vesselness``; ``frangi_scales`` = (first, last, step) sigma in pixels, and
             ``frangi_alpha`` / ``frangi_beta`` / ``frangi_gamma`` / ``frangi_black_ridges`` are the
             parameters of Frangi et al. 1998 (paper: scales 1..9 step 0.2, alpha 1, beta 0.6, gamma 0.0444).
@@ -200,6 +202,7 @@ class DeepLesionDataModule(RetrievalDataModule):
                  use_dicom_window: bool = False, frangi: bool = False,
                  frangi_scales: tuple[float, float, float] = (1.0, 9.0, 0.2), frangi_alpha: float = 1.0,
                  frangi_beta: float = 0.6, frangi_gamma: float = 0.0444, frangi_black_ridges: bool = False,
+                 frangi_input: bool = False,
                  include_unlabelled: bool = True, cache_dir: str | None = None,
                  synthesize_if_missing: bool = False, phantom_patients: int = 40,
                  batch_size: int = 256, num_workers: int = 2, predict_split: str = "test", train_views=None,
@@ -216,6 +219,9 @@ class DeepLesionDataModule(RetrievalDataModule):
         self.window = check_window(window, "window")
         self.use_dicom_window = bool(use_dicom_window)
         self.frangi = bool(frangi)
+        if frangi_input and not frangi:
+            raise ValueError("frangi_input=true needs frangi=true (the vesselness maps are computed there)")
+        self.frangi_input = bool(frangi_input)
         self.frangi_params = dict(sigmas=frangi_sigmas(*frangi_scales), alpha=float(frangi_alpha),
                                   beta=float(frangi_beta), gamma=float(frangi_gamma),
                                   black_ridges=bool(frangi_black_ridges))
@@ -333,6 +339,17 @@ class DeepLesionDataModule(RetrievalDataModule):
 
     # -- datasets ---------------------------------------------------------------------------------
     def _window_transform(self) -> Callable[[dict], dict]:
+        window = self._hu_window_transform()
+        if not self.frangi_input:
+            return window
+
+        def frangi_image(sample: dict) -> dict:  # the paper's preprocessing: the network sees vesselness
+            v = sample["vesselness"]
+            return {**window(sample), "image": (v / v.max().clamp_min(1e-12)).expand(3, -1, -1).contiguous()}
+
+        return frangi_image
+
+    def _hu_window_transform(self) -> Callable[[dict], dict]:
         if not self.use_dicom_window:
             return HounsfieldWindowd("hu", self.window, output_key="image", channels=3)
 

@@ -376,3 +376,16 @@ def test_missing_and_8_bit_pngs(root_copy):
     path.unlink()
     with pytest.raises(FileNotFoundError, match=f"{folder}/{slice_png} not found.*line 2"):
         make_dm(root_copy).setup()
+
+
+def test_frangi_input_feeds_vesselness_to_the_model(tmp_path):
+    root = write_deeplesion_phantom(tmp_path / "DeepLesion", n_patients=6, image_size=96, seed=1)
+    dm = DeepLesionDataModule(str(root), crop_size=32, frangi=True, frangi_input=True, frangi_scales=(1.0, 3.0, 1.0),
+                              num_workers=0)
+    dm.setup()
+    sample = dm.retrieval_dataset("test")[0]
+    v = sample["vesselness"][0]
+    assert sample["image"].shape == (3, 32, 32)
+    assert torch.allclose(sample["image"][1], v / v.max()) and sample["image"].max() == 1.0
+    with pytest.raises(ValueError, match="frangi_input=true needs frangi=true"):
+        DeepLesionDataModule(str(root), frangi_input=True)
