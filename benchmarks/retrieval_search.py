@@ -115,11 +115,14 @@ def run_one(method: str, distance: str, n: int, args: argparse.Namespace, tmp: P
            *(["--chunks", *map(str, args.chunks)] if args.chunks else [])]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     best = None
-    for _ in range(1 + args.retries):
+    for attempt in range(1 + args.retries):
         _wait_quiet(args.quiet_wait)
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if res.returncode < 0 and attempt < args.retries:     # killed by a signal (e.g. out of memory)
+            print(f"N={n} {distance} {method}: killed by signal {-res.returncode}, retrying", flush=True)
+            continue
         if res.returncode != 0:
-            raise RuntimeError(f"{method}/{distance}/{n} failed:\n{res.stderr[-3000:]}")
+            raise RuntimeError(f"{method}/{distance}/{n} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
         v = {**json.loads(res.stdout.strip().splitlines()[-1]), "out": out}
         print(f"N={n} {distance:9s} {method:5s} wall {v['wall_s']:8.2f} s  cpu {v['cpu_s']:8.2f} s  "
               f"peak +{v['peak_mib']:7.0f} MiB  other load {v['other_cores']:.2f} cores", flush=True)
