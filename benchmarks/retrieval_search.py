@@ -122,7 +122,7 @@ def run_one(method: str, distance: str, n: int, args: argparse.Namespace, tmp: P
             print(f"N={n} {distance} {method}: killed by signal {-res.returncode}, retrying", flush=True)
             continue
         if res.returncode != 0:
-            raise RuntimeError(f"{method}/{distance}/{n} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+            raise RuntimeError(f"{method}/{distance}/{n}: exit {res.returncode}\n{res.stderr[-3000:]}")
         v = {**json.loads(res.stdout.strip().splitlines()[-1]), "out": out}
         print(f"N={n} {distance:9s} {method:5s} wall {v['wall_s']:8.2f} s  cpu {v['cpu_s']:8.2f} s  "
               f"peak +{v['peak_mib']:7.0f} MiB  other load {v['other_cores']:.2f} cores", flush=True)
