@@ -24,21 +24,21 @@ N_REL = torch.tensor([3, 0, 3])
 NAN = float("nan")
 
 
-def _eq(actual, expected):
+def assert_metric_equal(actual, expected):
     np.testing.assert_allclose(actual.numpy(), np.array(expected, dtype=np.float64), rtol=1e-12,
                                equal_nan=True)
 
 
 def test_precision_hand():
-    _eq(precision_at_k(RANKED, 3), [2 / 3, 0, 2 / 3])
-    _eq(precision_at_k(RANKED, 5), [2 / 5, 0, 3 / 5])
-    _eq(precision_at_k(RANKED, 7), [2 / 7, 0, 3 / 7])          # k is not capped: missing ranks are misses
+    assert_metric_equal(precision_at_k(RANKED, 3), [2 / 3, 0, 2 / 3])
+    assert_metric_equal(precision_at_k(RANKED, 5), [2 / 5, 0, 3 / 5])
+    assert_metric_equal(precision_at_k(RANKED, 7), [2 / 7, 0, 3 / 7])          # k is not capped: missing ranks are misses
 
 
 def test_mean_precision_hand():
     # row 0: P@1 = 1, P@2 = 1/2, P@3 = 2/3 -> (1 + 1/2 + 2/3) / 3 = 13/18
     # row 2: P@1 = 0, P@2 = 1/2, P@3 = 2/3 -> (0 + 1/2 + 2/3) / 3 = 7/18
-    _eq(mean_precision_at_k(RANKED, 3), [13 / 18, 0, 7 / 18])
+    assert_metric_equal(mean_precision_at_k(RANKED, 3), [13 / 18, 0, 7 / 18])
     # k = 5, row 2: (0 + 1/2 + 2/3 + 2/4 + 3/5) / 5 = ((30 + 40 + 30 + 36)/60) / 5 = 136/300
     assert mean_precision_at_k(RANKED, 5)[2].item() == pytest.approx(136 / 300)
 
@@ -46,11 +46,11 @@ def test_mean_precision_hand():
 def test_average_precision_hand():
     # row 0, k = 3: (P@1 + P@3) / min(3, R=3) = (1 + 2/3) / 3 = 5/9; row 1: R = 0 -> NaN
     # row 2, k = 3: (P@2 + P@3) / 3 = (1/2 + 2/3) / 3 = 7/18
-    _eq(average_precision_at_k(RANKED, N_REL, 3), [5 / 9, NAN, 7 / 18])
+    assert_metric_equal(average_precision_at_k(RANKED, N_REL, 3), [5 / 9, NAN, 7 / 18])
     # row 2, k = 5: (1/2 + 2/3 + 3/5) / min(5, 3) = (53/30) / 3 = 53/90
-    _eq(average_precision_at_k(RANKED, N_REL, 5), [5 / 9, NAN, 53 / 90])
+    assert_metric_equal(average_precision_at_k(RANKED, N_REL, 5), [5 / 9, NAN, 53 / 90])
     # k = 2 < R: row 0: P@1 / min(2, 3) = 1/2; row 2: P@2 / 2 = 1/4
-    _eq(average_precision_at_k(RANKED, N_REL, 2), [1 / 2, NAN, 1 / 4])
+    assert_metric_equal(average_precision_at_k(RANKED, N_REL, 2), [1 / 2, NAN, 1 / 4])
 
 
 def test_ndcg_hand_binary():
@@ -59,17 +59,17 @@ def test_ndcg_hand_binary():
     # row 2, k = 3: DCG = 1/log2(3) + 1/log2(4) = 1.1309; IDCG = 2.1309 -> 0.53536
     idcg = 1 + 1 / math.log2(3) + 1 / 2
     expected = [1.5 / idcg, NAN, (1 / math.log2(3) + 1 / 2) / idcg]
-    _eq(ndcg_at_k(RANKED, ideal, 3, "exp"), expected)
-    _eq(ndcg_at_k(RANKED, ideal, 3, "linear"), expected)           # binary: 2^1 - 1 = 1
+    assert_metric_equal(ndcg_at_k(RANKED, ideal, 3, "exp"), expected)
+    assert_metric_equal(ndcg_at_k(RANKED, ideal, 3, "linear"), expected)           # binary: 2^1 - 1 = 1
 
 
 def test_ndcg_hand_graded():
     ranked = torch.tensor([[2.0, 0, 3, 1]])
     ideal = torch.tensor([[1.0, 3, 0, 2, 1]])                      # unsorted on purpose: 3, 2, 1, 1, 0
     # linear, k = 3: DCG = 2 + 0 + 3/2 = 3.5; IDCG = 3 + 2/log2(3) + 1/2 = 4.76186 -> 0.73500
-    _eq(ndcg_at_k(ranked, ideal, 3, "linear"), [3.5 / (3 + 2 / math.log2(3) + 1 / 2)])
+    assert_metric_equal(ndcg_at_k(ranked, ideal, 3, "linear"), [3.5 / (3 + 2 / math.log2(3) + 1 / 2)])
     # exp, k = 3: DCG = 3 + 0 + 7/2 = 6.5; IDCG = 7 + 3/log2(3) + 1/2 = 9.39279 -> 0.69202
-    _eq(ndcg_at_k(ranked, ideal, 3, "exp"), [6.5 / (7 + 3 / math.log2(3) + 1 / 2)])
+    assert_metric_equal(ndcg_at_k(ranked, ideal, 3, "exp"), [6.5 / (7 + 3 / math.log2(3) + 1 / 2)])
     with pytest.raises(ValueError, match="'log'"):
         ndcg_at_k(ranked, ideal, 3, "log")
 
@@ -80,10 +80,10 @@ def test_knn_hand():
     # row 0: k=1 -> 3 (hit); k=3 -> 1 has 2 votes (miss); k=4 -> 3:2 vs 1:2 tie, 3 is nearer (hit)
     # row 1: -1 casts no vote. k=1 -> no vote (miss); k=4 -> 2:1 vs 5:1 tie, 2 nearer (miss); k=5 -> 5 (hit)
     # row 2: unlabelled query never scores
-    _eq(knn_accuracy(labels, query, 1), [1, 0, 0])
-    _eq(knn_accuracy(labels, query, 3), [0, 0, 0])
-    _eq(knn_accuracy(labels, query, 4), [1, 0, 0])
-    _eq(knn_accuracy(labels, query, 5), [1, 1, 0])
+    assert_metric_equal(knn_accuracy(labels, query, 1), [1, 0, 0])
+    assert_metric_equal(knn_accuracy(labels, query, 3), [0, 0, 0])
+    assert_metric_equal(knn_accuracy(labels, query, 4), [1, 0, 0])
+    assert_metric_equal(knn_accuracy(labels, query, 5), [1, 1, 0])
 
 
 @pytest.mark.parametrize("k", [1, 3, 10])
