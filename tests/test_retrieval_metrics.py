@@ -32,7 +32,7 @@ def assert_metric_equal(actual, expected):
 def test_precision_hand():
     assert_metric_equal(precision_at_k(RANKED, 3), [2 / 3, 0, 2 / 3])
     assert_metric_equal(precision_at_k(RANKED, 5), [2 / 5, 0, 3 / 5])
-    assert_metric_equal(precision_at_k(RANKED, 7), [2 / 7, 0, 3 / 7])          # k is not capped: missing ranks are misses
+    assert_metric_equal(precision_at_k(RANKED, 7), [2 / 7, 0, 3 / 7])  # k not capped: missing ranks are misses
 
 
 def test_mean_precision_hand():
