@@ -1,0 +1,90 @@
+"""Controlled "training improves retrieval" checks, shared by every method's slow test.
+
+A gain after training is only evidence of learning when it beats an equal-steps *control*: the same
+optimiser steps on the same batches, but with weights that never move (BatchNorm running statistics still
+update, and those alone change retrieval). :func:`learning_check` runs untrained / control / trained for
+one seed; :func:`assert_learns` repeats it over seeds and requires the gain on most of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+
+
+class FrozenWeights(pl.Callback):
+    """Equal-steps control: restores every parameter after each optimiser step, so only buffers (BatchNorm
+    running mean / variance) change. Works for any method and optimiser (momentum, weight decay, LARS)."""
+
+    def on_train_start(self, trainer, pl_module):
+        self._saved = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with torch.no_grad():
+            for n, p in pl_module.named_parameters():
+                p.copy_(self._saved[n])
+
+    def on_train_end(self, trainer, pl_module):
+        for n, p in pl_module.named_parameters():
+            assert torch.equal(p.detach(), self._saved[n]), f"control weight {n} moved"
+
+
+@dataclass
+class LearningResult:
+    seed: int
+    untrained: float
+    control: float
+    trained: float
+
+    def passed(self, margin: float) -> bool:
+        return self.trained > max(self.untrained, self.control) + margin
+
+
+def _score(make_model, make_data, make_callback, epochs: int, key: str, tmp_path: Path, seed: int,
+           frozen: bool, trainer_kwargs: dict) -> float:
+    pl.seed_everything(seed)
+    model, dm = make_model(), make_data()
+    extra = [FrozenWeights()] if frozen else []
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
+                         callbacks=[make_callback(), *extra], default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, **trainer_kwargs)
+    if epochs:
+        trainer.fit(model, datamodule=dm)
+    return float(trainer.test(model, datamodule=dm, verbose=False)[0][key])
+
+
+def learning_check(make_model: Callable, make_data: Callable, make_callback: Callable, epochs: int, key: str,
+                   tmp_path: Path, seed: int = 0, trainer_kwargs: dict | None = None) -> LearningResult:
+    """``key`` of ``trainer.test`` for the untrained model, the frozen-weights control after ``epochs``, and
+    the trained model after ``epochs``; same seed, data and batches for all three."""
+    kw = dict(trainer_kwargs or {})
+    untrained = _score(make_model, make_data, make_callback, 0, key, tmp_path, seed, False, kw)
+    control = _score(make_model, make_data, make_callback, epochs, key, tmp_path, seed, True, kw)
+    trained = _score(make_model, make_data, make_callback, epochs, key, tmp_path, seed, False, kw)
+    result = LearningResult(seed, untrained, control, trained)
+    print(f"{key} seed {seed}: untrained {untrained:.3f}  control (frozen weights) {control:.3f}  "
+          f"trained {trained:.3f}  ({epochs} epochs)")
+    return result
+
+
+def assert_learns(make_model: Callable, make_data: Callable, make_callback: Callable, epochs: int, key: str,
+                  tmp_path: Path, margin: float, seeds: Sequence[int] = (0, 1, 2), need: int = 2,
+                  trainer_kwargs: dict | None = None) -> list[LearningResult]:
+    """Training beats both the untrained model and the equal-steps control by ``margin`` on ``need`` of
+    ``seeds``. Stops as soon as the outcome is decided (2 passes of 3 seeds need only 2 runs)."""
+    results: list[LearningResult] = []
+    for seed in seeds:
+        results.append(learning_check(make_model, make_data, make_callback, epochs, key, tmp_path, seed,
+                                      trainer_kwargs))
+        passes = sum(r.passed(margin) for r in results)
+        fails = len(results) - passes
+        if passes >= need or fails > len(seeds) - need:
+            break
+    passes = sum(r.passed(margin) for r in results)
+    assert passes >= need, (f"{key}: training beat untrained and control by {margin} on {passes} of "
+                            f"{len(results)} seeds (need {need}): {results}")
+    return results
