@@ -16,7 +16,7 @@ atexit.register(shutil.rmtree, ROOT, ignore_errors=True)
 K = 5
 
 
-def testdata(name: str) -> Path | None:
+def shipped_file(name: str) -> Path | None:
     """A real DICOM file shipped by pydicom / pydicom-data (None when the package is absent)."""
     try:
         from pydicom.data import get_testdata_file
