@@ -85,4 +85,31 @@ def service(kind: str = "flat"):
     from search.service import SearchService
 
     folder, _, _ = ct_index(kind)
-    return SearchService(folder, limits=UploadLimits(max_bytes=4 * 2 ** 20), relax_masks=16)
+    return SearchService(folder, limits=UploadLimits(max_bytes=16 * 2 ** 20), relax_masks=16)
+
+
+@functools.lru_cache(None)
+def lesion_index() -> Path:
+    """Index of SimCLR-GeM (cosine) on the DeepLesion phantom's train split (lesion crops, 64 px)."""
+    from datamodules.synthetic.deeplesion import write_deeplesion_phantom
+    from search.cli import configured, index_main
+
+    torch.set_num_threads(1)
+    root = ROOT / "DeepLesion"
+    write_deeplesion_phantom(root, n_patients=8, image_size=96, seed=0)
+    args = [f"--config={CONFIGS / 'simclr_gem_phantom.yaml'}", f"--data.init_args.data_root={root}",
+            "--data.init_args.crop_size=64", "--data.init_args.num_workers=0", "--data.init_args.batch_size=16",
+            "--model.init_args.extra_channels=[32, 32]", "--model.init_args.proj_hidden_dim=32",
+            "--model.init_args.proj_dim=16"]
+    model, dm, _ = configured(args)
+    ckpt = calibrated_checkpoint(model, dm, "train", ROOT / "simclr_gem.ckpt")
+    out = ROOT / "lesion-flat"
+    assert index_main(args + [f"--ckpt_path={ckpt}", f"--index.out={out}", "--index.split=train"]) == 0
+    return out
+
+
+@functools.lru_cache(None)
+def lesion_service():
+    from search.service import SearchService
+
+    return SearchService(lesion_index(), relax_masks=8)
