@@ -30,12 +30,19 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def bomb_png(side: int = 20000) -> bytes:
-    """A valid grey PNG of side x side zero pixels: a few hundred KB that decode to side^2 bytes."""
+    """A valid grey PNG of side x side zero pixels (side a multiple of 500): ~400 KB decoding to side^2 bytes."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    comp, row = zlib.compressobj(9), b"\0" * (side + 1)
-    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    rows = 500  # identical blocks, each ended by a full flush, compress to identical bytes: repeat them
+    block = b"\0" * ((side + 1) * rows)
+    comp = zlib.compressobj(9)
+    head = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    repeat = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(side // rows):
+        adler = zlib.adler32(block, adler)
+    idat = head + repeat * (side // rows - 1) + b"\x03\x00" + adler.to_bytes(4, "big")  # empty final block
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
