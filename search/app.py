@@ -92,7 +92,7 @@ def create_app(service: SearchService) -> FastAPI:
                 "checkpoint_sha256": m["checkpoint_sha256"], "max_upload_bytes": limit, "max_k": service.max_k}
 
     @app.post("/api/search")
-    def search(file: UploadFile = File(...), k: int = Form(10), slice: int | None = Form(None),
+    def search(file: UploadFile = File(...), k: int = Form(10), slice: int | None = Form(None),  # noqa: B008
                crop: str | None = Form(None), patient: str | None = Form(None), patients: str = Form("all"),
                label: str | None = Form(None), previews: bool = Form(True)):
         data = read_bounded(file.file, limit)

@@ -104,7 +104,7 @@ def split_items(dm, split: str, batch_size: int = 64) -> Iterator[tuple[torch.Te
             yield batch["image"][j], meta
 
 
-def folder_items(folder: Path, prep: Preprocessing, limits: UploadLimits = UploadLimits()
+def folder_items(folder: Path, prep: Preprocessing, limits: UploadLimits | None = None
                  ) -> Iterator[tuple[torch.Tensor, dict]]:
     """(model input, metadata) of every slice of every DICOM / NIfTI / PNG / JPEG file under ``folder``;
     unreadable files are skipped with a warning naming them."""
@@ -115,9 +115,9 @@ def folder_items(folder: Path, prep: Preprocessing, limits: UploadLimits = Uploa
     for path in files:
         data = path.read_bytes()
         try:
-            first = load_query(data, path.name, None, limits)
+            first = load_query(data, path.name, None, limits or UploadLimits())
             for z in range(first.n_slices):
-                q = first if z == first.slice_index else load_query(data, path.name, z, limits)
+                q = first if z == first.slice_index else load_query(data, path.name, z, limits or UploadLimits())
                 meta = {"split": None, "label": None, "label_names": [], "source": str(path),
                         "slice": z if first.n_slices > 1 else None,
                         "patient_id": q.meta.get("patient_id", ""), "study_id": q.meta.get("study_id", "")}

@@ -61,10 +61,10 @@ def index_main(argv: list[str]) -> int:
     p.add_argument("--index.hnsw_m", dest="hnsw_m", type=int, default=32)
     p.add_argument("--index.batch_size", dest="batch_size", type=int, default=64)
     args, rest = p.parse_known_args(argv)
-    if (args.split is None) == (args.folder is None):
-        args.split = args.split or ("train" if args.folder is None else None)
-        if args.split and args.folder:
-            p.error("give either --index.split or --index.folder, not both")
+    if args.split and args.folder:
+        p.error("give either --index.split or --index.folder, not both")
+    if not args.folder:
+        args.split = args.split or "train"
     from search.build import build_index, folder_items, method_manifest, split_items
     from search.preprocess import from_datamodule
 
@@ -194,9 +194,16 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=32.0)
     p.add_argument("--relax-masks", type=int, default=200, help="RELAX masks per explanation (paper 3000)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="FAISS / torch threads per request (concurrent requests run in parallel)")
     p.add_argument("--ckpt_path", default=None)
     args = p.parse_args(argv)
+    import faiss
+    import torch
     import uvicorn
+
+    faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
 
     from search.app import create_app
     from search.query import UploadLimits

@@ -50,12 +50,12 @@ class SearchService:
     index was built with (hash-checked) and the archive's preprocessing."""
 
     def __init__(self, index_dir: str | Path, ckpt_path: str | None = None,
-                 limits: UploadLimits = UploadLimits(), relax_masks: int = 200, max_k: int = 100):
+                 limits: UploadLimits | None = None, relax_masks: int = 200, max_k: int = 100):
         self.index = SearchIndex.load(index_dir)
         self.manifest = self.index.manifest
         self.model = load_method(self.manifest, index_dir, ckpt_path)
         self.prep = Preprocessing.from_dict(self.manifest["preprocessing"])
-        self.limits, self.max_k = limits, max_k
+        self.limits, self.max_k = limits or UploadLimits(), max_k
         self.relax = RELAX(num_masks=relax_masks, mask_batch_size=min(relax_masks, 50), seed=0)
         self._queries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()

@@ -11,7 +11,7 @@ import torch
 
 from callbacks.search import exact_topk
 from search.index import IndexMismatch, SearchIndex
-from tests.search_fixtures import K, ROOT, ct_index, service, shipped_file
+from tests.search_fixtures import K, ct_index, service, shipped_file
 
 
 def _build(tmp_path, emb, space, kind="flat", **kw):
@@ -138,3 +138,30 @@ def test_query_embedding_equals_archive_embedding():
     out = svc.search_file(data, "volume.nii.gz", k=1, slice_index=item["slice"])
     assert out["results"][0]["id"] == item["id"] and out["results"][0]["distance"] < 1e-3 * (
         1 + abs(svc.search_file(data, "volume.nii.gz", k=2, slice_index=item["slice"])["results"][1]["distance"]))
+
+
+def test_index_a_folder_of_files(tmp_path, capsys):
+    """``--index.folder``: every slice / frame of the DICOM files in a folder becomes an item, through the
+    query loaders and the manifest's preprocessing; unreadable files are skipped."""
+    from search.cli import main
+    from search.service import SearchService
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    names = ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "MR_truncated.dcm"]
+    for name in names:
+        src = shipped_file(name)
+        if src is None:
+            pytest.skip(f"{name} not installed")
+        (folder / name).write_bytes(src.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    _, ckpt, args = ct_index()
+    out = tmp_path / "index"
+    main(["index", *args, f"--ckpt_path={ckpt}", f"--index.folder={folder}", f"--index.out={out}"])
+    svc = SearchService(out)
+    assert len(svc.index) == 1 + 1 + 10  # CT, MR, 10 frames; the truncated file is skipped
+    assert svc.manifest["source"] == {"folder": str(folder)}
+    frames = [m for m in svc.index.metadata if m["source"].endswith("emri_small.dcm")]
+    assert [m["slice"] for m in frames] == list(range(10))
+    res = svc.search_file(shipped_file("emri_small.dcm").read_bytes(), "q.dcm", k=3, slice_index=4)["results"]
+    assert res[0]["source"].endswith("emri_small.dcm") and res[0]["slice"] == 4 and res[0]["distance"] < 1e-3
