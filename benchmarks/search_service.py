@@ -85,8 +85,15 @@ def serve(folder: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not start in 300 s")
 
 
-def load(url: str, clients: int, seconds: float, request) -> dict:
-    """``clients`` threads, each sending ``request(client, i)`` back to back for ``seconds``."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(url: str, clients: int, seconds: float, request, pid: int) -> dict:
+    """``clients`` threads, each sending ``request(client, i)`` back to back for ``seconds``; also the
+    server's CPU time per answered query (what a query costs, whatever else the machine is doing)."""
     import httpx
 
     lat, errors, lock = [], [], threading.Lock()
@@ -108,15 +115,18 @@ def load(url: str, clients: int, seconds: float, request) -> dict:
                 i += 1
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    cpu0, load0 = cpu_seconds(pid), os.getloadavg()[0]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    cpu_ms = (cpu_seconds(pid) - cpu0) * 1000 / max(len(lat), 1)
     ms = np.array(lat) * 1000 if lat else np.array([np.nan])
     return {"clients": clients, "n": len(lat), "errors": len(errors), "p50": float(np.percentile(ms, 50)),
-            "p99": float(np.percentile(ms, 99)), "qps": len(lat) / wall, "first_error": errors[:1]}
+            "p99": float(np.percentile(ms, 99)), "qps": len(lat) / wall, "first_error": errors[:1],
+            "cpu_ms": cpu_ms, "load": (load0 + os.getloadavg()[0]) / 2}
 
 
 def main() -> None:
@@ -147,25 +157,26 @@ def main() -> None:
                     return client.post("/api/search", files={"file": ("CT_small.dcm", dicom)},
                                        data={"k": str(args.k), "previews": "false"})
 
-                load(url, 2, 2.0, by_embedding)  # warm-up
+                load(url, 2, 2.0, by_embedding, proc.pid)  # warm-up
                 for request, name in ((by_embedding, "embedding"), (by_upload, "upload")):
                     if name == "upload" and kind != "flat":
                         continue
                     for clients in args.clients:
-                        r = load(url, clients, args.seconds, request)
+                        r = load(url, clients, args.seconds, request, proc.pid)
                         rows.append({"index": kind, "request": name, "build_s": build_s, **r})
                         print(f"{kind:>4} {name:>9} clients={clients}: p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} "
-                              f"ms, {r['qps']:.1f} q/s, {r['n']} ok, {r['errors']} errors {r['first_error']}",
+                              f"ms, {r['qps']:.1f} q/s, server CPU {r['cpu_ms']:.1f} ms/query, load {r['load']:.1f}, "
+                              f"{r['n']} ok, {r['errors']} errors {r['first_error']}",
                               flush=True)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
     print(f"\n| index ({args.items} x {args.dim}) | request | clients | p50 ms | p99 ms | queries/s | errors "
-          f"| build s |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| server CPU ms / query | load avg | build s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['index']} | {r['request']} | {r['clients']} | {r['p50']:.1f} | {r['p99']:.1f} | "
-              f"{r['qps']:.1f} | {r['errors']} | {r['build_s']:.1f} |")
+              f"{r['qps']:.1f} | {r['errors']} | {r['cpu_ms']:.1f} | {r['load']:.1f} | {r['build_s']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def serve_main(argv: list[str]) -> int:
         log.warning("serving on %s: the page has no authentication; anyone who can reach this address can "
                     "query the archive", args.host)
     service = SearchService(args.index, args.ckpt_path, UploadLimits(max_bytes=int(args.max_upload_mb * 2 ** 20)),
-                            relax_masks=args.relax_masks)
+                            relax_masks=args.relax_masks, threads=args.threads)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="info")
     return 0
 

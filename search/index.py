@@ -11,7 +11,10 @@ import hashlib
 import json
 import logging
 import math
+import queue
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from callbacks.io import atomic_write
 from callbacks.search import exact_topk, prepare
 
 log = logging.getLogger(__name__)
+faiss.cvar.distance_compute_blas_threshold = 2  # flat search of 2+ queries in one pass (BLAS)
 FORMAT = "medcbir-search-index/1"
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 FILES = ("index.faiss", "metadata.json", "thumbnails.npy")
@@ -121,6 +125,41 @@ def recall_at_10(index, embeddings: np.ndarray, vectors: np.ndarray, search_spac
 class Hit:
     id: int
     distance: float
+
+
+class QueryBatcher:
+    """Unfiltered searches arriving while one runs are answered together by the next FAISS call: for a flat
+    index, one pass over the archive (BLAS) serves the whole batch instead of one pass per query."""
+
+    def __init__(self, index: "SearchIndex", max_batch: int = 64, threads: int = 1):
+        self.index, self.max_batch, self.threads = index, max_batch, threads
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, name="search-batcher", daemon=True).start()
+
+    def search(self, embedding: np.ndarray, k: int) -> list[Hit]:
+        q = self.index.check_query(embedding)
+        if k < 1:
+            raise ValueError(f"k={k}: expected k >= 1")
+        future: Future = Future()
+        self.queue.put((q[0], k, future))
+        return future.result()
+
+    def _run(self) -> None:
+        faiss.omp_set_num_threads(self.threads)  # OpenMP settings are per thread: set them in this one
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.index.search_many(np.stack([q for q, _, _ in batch]), max(k for _, k, _ in batch))
+                for (_, k, future), hits in zip(batch, results):
+                    future.set_result(hits[:k])
+            except Exception as err:  # answer every waiting request, keep serving
+                for _, _, future in batch:
+                    future.set_exception(err)
 
 
 class SearchIndex:
@@ -222,14 +261,38 @@ class SearchIndex:
             mask = has if mask is None else mask & has
         return mask
 
+    def check_query(self, embedding: np.ndarray) -> np.ndarray:
+        """One query embedding as float32 [1, D]; ValueError when D is not the index's."""
+        q = np.asarray(embedding, np.float32).reshape(1, -1)
+        if q.shape[1] != self.manifest["embedding_dim"] or not np.isfinite(q).all():
+            raise ValueError(f"query embedding has {q.shape[1]} dimensions (or non-finite values); the index "
+                             f"holds {self.manifest['embedding_dim']}-d embeddings")
+        return q
+
+    def _hits(self, raw: np.ndarray, ids: np.ndarray, k: int, allowed: np.ndarray | None) -> list[Hit] | None:
+        """The first k allowed hits of one result row (ties: lower id first, as in evaluation); None when
+        fewer than k allowed ones were retrieved."""
+        dist = to_distance(raw, self.search_space)
+        keep = ids >= 0
+        if allowed is not None:
+            keep &= allowed[np.maximum(ids, 0)]
+        if keep.sum() < k:
+            return None
+        order = np.lexsort((ids[keep], dist[keep]))[:k]
+        return [Hit(int(i), float(d)) for i, d in zip(ids[keep][order], dist[keep][order])]
+
+    def search_many(self, embeddings: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-``k`` of several queries [B, D] in one FAISS call (one pass over a flat index for all)."""
+        k = min(k, len(self))
+        self._prepare_search(k)
+        raw, ids = self.index.search(to_vectors(np.asarray(embeddings, np.float32), self.search_space), k)
+        return [self._hits(r, i, k, None) or [] for r, i in zip(raw, ids)]
+
     def search(self, embedding: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[Hit]:
         """Top-``k`` items for one embedding [D] among ``allowed`` (oversampling until k allowed are found)."""
         if k < 1:
             raise ValueError(f"k={k}: expected k >= 1")
-        q = to_vectors(np.asarray(embedding, np.float32).reshape(1, -1), self.search_space)
-        if q.shape[1] != (self.index.d // 8 if self.search_space == "hamming" else self.index.d):
-            raise ValueError(f"query embedding has {np.asarray(embedding).size} dimensions; the index holds "
-                             f"{self.manifest['embedding_dim']}")
+        q = to_vectors(self.check_query(embedding), self.search_space)
         n = len(self)
         n_allowed = n if allowed is None else int(allowed.sum())
         k = min(k, n_allowed)
@@ -239,15 +302,13 @@ class SearchIndex:
         while True:
             self._prepare_search(want)
             raw, ids = self.index.search(q, want)
-            dist, ids = to_distance(raw[0], self.search_space), ids[0]
-            keep = ids >= 0
-            if allowed is not None:
-                keep &= allowed[np.maximum(ids, 0)]
-            if keep.sum() >= k or want >= n:
-                break
+            hits = self._hits(raw[0], ids[0], k, allowed)
+            if hits is not None:
+                return hits
+            if want >= n:
+                return self._hits(raw[0], ids[0], int(((ids[0] >= 0) & allowed[np.maximum(ids[0], 0)]).sum()),
+                                  allowed) or []
             want = min(n, want * 4)
-        order = np.lexsort((ids[keep], dist[keep]))[:k]  # ties: lower id first, as in evaluation
-        return [Hit(int(i), float(d)) for i, d in zip(ids[keep][order], dist[keep][order])]
 
     def _prepare_search(self, k: int) -> None:
         if hasattr(self.index, "hnsw"):

@@ -8,11 +8,12 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
 from lightning_modules.components.relax import RELAX
-from search.index import SearchIndex
+from search.index import QueryBatcher, SearchIndex
 from search.model import load_method
 from search.preprocess import Preprocessing, display_of, model_input
 from search.query import QueryImage, UploadLimits, load_query
@@ -50,11 +51,14 @@ class SearchService:
     index was built with (hash-checked) and the archive's preprocessing."""
 
     def __init__(self, index_dir: str | Path, ckpt_path: str | None = None,
-                 limits: UploadLimits | None = None, relax_masks: int = 200, max_k: int = 100):
+                 limits: UploadLimits | None = None, relax_masks: int = 200, max_k: int = 100,
+                 threads: int = 1):
         self.index = SearchIndex.load(index_dir)
         self.manifest = self.index.manifest
         self.model = load_method(self.manifest, index_dir, ckpt_path)
         self.prep = Preprocessing.from_dict(self.manifest["preprocessing"])
+        self.threads = threads
+        self.batcher = QueryBatcher(self.index, threads=threads)
         self.limits, self.max_k = limits or UploadLimits(), max_k
         self.relax = RELAX(num_masks=relax_masks, mask_batch_size=min(relax_masks, 50), seed=0)
         self._queries: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -78,7 +82,9 @@ class SearchService:
         """Ranked results (rank, id, distance + the item's metadata) for one embedding."""
         if not 1 <= k <= self.max_k:
             raise ValueError(f"k={k}: expected 1 <= k <= {self.max_k}")
-        hits = self.index.search(embedding, k, self.index.allowed(patient, patients, label))
+        allowed = self.index.allowed(patient, patients, label)
+        faiss.omp_set_num_threads(self.threads)  # per thread (web requests run in a thread pool)
+        hits = self.batcher.search(embedding, k) if allowed is None else self.index.search(embedding, k, allowed)
         return [{"rank": r + 1, "distance": h.distance, **self.index.metadata[h.id]} for r, h in enumerate(hits)]
 
     def search_file(self, data: bytes, filename: str, k: int = 10, slice_index: int | None = None,

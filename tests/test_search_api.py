@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from search.app import create_app  # noqa: E402
-from tests.search_fixtures import K, ct_index, service, shipped_file  # noqa: E402
+from tests.search_fixtures import K, service, shipped_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +132,15 @@ def test_bad_uploads_get_clear_4xx_and_server_keeps_serving(client):
 
 
 def test_upload_size_limit():
-    from search.query import UploadLimits
-    from search.service import SearchService
+    import copy
 
-    small = TestClient(create_app(SearchService(ct_index()[0], limits=UploadLimits(max_bytes=20_000))))
+    from search.query import UploadLimits
+
+    svc = copy.copy(service())  # the same loaded index and model, a smaller upload limit
+    svc.limits = UploadLimits(max_bytes=20_000)
+    small = TestClient(create_app(svc))
     big = shipped_file("CT_small.dcm").read_bytes() + b"\0" * 200_000
-    r = small.post("/api/search", files={"file": ("big.dcm", big)})
+    r = small.post("/api/search", files={"file": ("big.dcm", big)})  # refused from Content-Length
     assert r.status_code == 413 and "limit" in r.json()["detail"]
+    r = small.post("/api/search", files={"file": ("big.dcm", big[:50_000])})  # refused while reading
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
