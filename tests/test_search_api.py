@@ -144,3 +144,16 @@ def test_upload_size_limit():
     assert r.status_code == 413 and "limit" in r.json()["detail"]
     r = small.post("/api/search", files={"file": ("big.dcm", big[:50_000])})  # refused while reading
     assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+
+
+def test_nifti_upload_with_slice(client):
+    from tests.search_fixtures import ct_phantom
+
+    volume = next((ct_phantom() / "imagesTs").glob("*.nii.gz"), None) or next(
+        (ct_phantom() / "imagesTr").glob("*.nii.gz"))
+    data = volume.read_bytes()
+    body = _search(client, "volume.nii.gz", data, slice="5").json()
+    assert body["query"]["kind"] == "nifti" and body["query"]["n_slices"] == 24 and body["query"]["slice"] == 5
+    assert len(body["results"]) == K
+    assert _search(client, "volume.nii.gz", data, slice="24").status_code == 422
+    assert _search(client, "volume.nii.gz", data[: len(data) // 2]).status_code == 422  # truncated gzip
