@@ -203,6 +203,7 @@ def serve_main(argv: list[str]) -> int:
     import uvicorn
 
     faiss.omp_set_num_threads(args.threads)
+    faiss.cvar.distance_compute_blas_threshold = 2  # a batch of 2+ concurrent queries: one pass (BLAS)
     torch.set_num_threads(args.threads)
 
     from search.app import create_app

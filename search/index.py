@@ -26,7 +26,6 @@ from callbacks.io import atomic_write
 from callbacks.search import exact_topk, prepare
 
 log = logging.getLogger(__name__)
-faiss.cvar.distance_compute_blas_threshold = 2  # flat search of 2+ queries in one pass (BLAS)
 FORMAT = "medcbir-search-index/1"
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 FILES = ("index.faiss", "metadata.json", "thumbnails.npy")
@@ -129,7 +128,8 @@ class Hit:
 
 class QueryBatcher:
     """Unfiltered searches arriving while one runs are answered together by the next FAISS call: for a flat
-    index, one pass over the archive (BLAS) serves the whole batch instead of one pass per query."""
+    index, one pass over the archive (BLAS) serves the whole batch instead of one pass per query (FAISS
+    uses BLAS from ``faiss.cvar.distance_compute_blas_threshold`` queries on; ``serve`` sets it to 2)."""
 
     def __init__(self, index: "SearchIndex", max_batch: int = 64, threads: int = 1):
         self.index, self.max_batch, self.threads = index, max_batch, threads
