@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import shutil
 import tempfile
@@ -53,6 +54,16 @@ def calibrated_checkpoint(model, dm, split: str, path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @functools.lru_cache(None)
 def ct_phantom() -> Path:
     from datamodules.synthetic.ct_liver_phantom import write_liver_phantom
@@ -67,15 +78,15 @@ def ct_index(kind: str = "flat") -> tuple[Path, Path, list[str]]:
     """(index folder, checkpoint, CLI args) of SimSiam (ResNet-18, 32 px) on the CT phantom's train split."""
     from search.cli import configured, index_main
 
-    torch.set_num_threads(1)
     args = phantom_args(ct_phantom())
     ckpt = ROOT / "simsiam.ckpt"
-    if not ckpt.exists():
-        model, dm, _ = configured(args)
-        calibrated_checkpoint(model, dm, "train", ckpt)
     out = ROOT / f"ct-{kind}"
-    assert index_main(args + [f"--ckpt_path={ckpt}", f"--index.out={out}", f"--index.kind={kind}",
-                              "--index.split=train"]) == 0
+    with one_torch_thread():
+        if not ckpt.exists():
+            model, dm, _ = configured(args)
+            calibrated_checkpoint(model, dm, "train", ckpt)
+        assert index_main(args + [f"--ckpt_path={ckpt}", f"--index.out={out}", f"--index.kind={kind}",
+                                  "--index.split=train"]) == 0
     return out, ckpt, args
 
 
@@ -94,17 +105,17 @@ def lesion_index() -> Path:
     from datamodules.synthetic.deeplesion import write_deeplesion_phantom
     from search.cli import configured, index_main
 
-    torch.set_num_threads(1)
     root = ROOT / "DeepLesion"
     write_deeplesion_phantom(root, n_patients=8, image_size=96, seed=0)
     args = [f"--config={CONFIGS / 'simclr_gem_phantom.yaml'}", f"--data.init_args.data_root={root}",
             "--data.init_args.crop_size=64", "--data.init_args.num_workers=0", "--data.init_args.batch_size=16",
             "--model.init_args.extra_channels=[32, 32]", "--model.init_args.proj_hidden_dim=32",
             "--model.init_args.proj_dim=16"]
-    model, dm, _ = configured(args)
-    ckpt = calibrated_checkpoint(model, dm, "train", ROOT / "simclr_gem.ckpt")
     out = ROOT / "lesion-flat"
-    assert index_main(args + [f"--ckpt_path={ckpt}", f"--index.out={out}", "--index.split=train"]) == 0
+    with one_torch_thread():
+        model, dm, _ = configured(args)
+        ckpt = calibrated_checkpoint(model, dm, "train", ROOT / "simclr_gem.ckpt")
+        assert index_main(args + [f"--ckpt_path={ckpt}", f"--index.out={out}", "--index.split=train"]) == 0
     return out
 
 
