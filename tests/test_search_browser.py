@@ -73,6 +73,15 @@ def test_upload_dicom_shows_k_results(server_url, tmp_path):
         page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && "
                                "i.naturalWidth > 0)")
         assert page.locator("#query-name").inner_text() == "CT_small.dcm"
+        box = page.locator("#query-image").bounding_box()  # drag a region: the search reruns on it
+        with page.expect_response(lambda r: r.url.endswith("/api/search")) as answer:
+            page.mouse.move(box["x"] + 0.25 * box["width"], box["y"] + 0.25 * box["height"])
+            page.mouse.down()
+            page.mouse.move(box["x"] + 0.75 * box["width"], box["y"] + 0.75 * box["height"], steps=5)
+            page.mouse.up()
+        assert answer.value.ok and b'name="crop"' in answer.value.request.post_data_buffer
+        assert page.locator("#crop-box").is_visible()
+        page.wait_for_function(f"document.querySelectorAll('#results .result').length === {K}")
         page.locator("#results .result").first.click()
         page.wait_for_selector("#explanation:not([hidden])", timeout=60_000)
         page.wait_for_function("document.getElementById('explain-result').naturalWidth > 0")
