@@ -1,0 +1,142 @@
+"""What a user sees and gets: evaluations need a checkpoint and say which one, run folders are predictable and
+failures leave nothing behind, one best.ckpt and one last.ckpt, a progress bar with the monitored metric and
+a summary at the end of every subcommand."""
+import contextlib
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from experiments.cli import RetrievalCLI
+from experiments.run_folders import UntrainedEvaluationError
+from tests.conftest import CONFIGS, tiny_overrides
+
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    """The demo config without RELAX (the slow part, not under test here)."""
+    cfg = yaml.safe_load((CONFIGS / "simsiam_hu_phantom.yaml").read_text())
+    cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"]
+                                   if not c["class_path"].endswith("ExplanationEvaluation")]
+    path = tmp_path_factory.mktemp("config") / "simsiam_hu_phantom.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def cli(config):
+    def run(subcommand, run_dir, data_root, *extra):
+        return RetrievalCLI(args=[subcommand, "--config", str(config), *tiny_overrides(run_dir, data_root),
+                                  *[str(a) for a in extra]])
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(phantom_root, tmp_path_factory, one_thread, config):
+    """One tiny fit (2 epochs of 2 steps); returns (runs folder, run folder, fit summary text)."""
+    runs = tmp_path_factory.mktemp("runs")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        RetrievalCLI(args=["fit", "--config", str(config), *tiny_overrides(runs, phantom_root),
+                           "--trainer.max_epochs=2", "--trainer.limit_train_batches=2"])
+    return runs, runs / "simsiam_hu_phantom" / "version_0", out.getvalue()
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fit_leaves_one_best_and_one_last_checkpoint_and_a_summary(trained):
+    _, run, summary = trained
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["best.ckpt", "last.ckpt"]
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False, map_location="cpu")
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert "optimizer_states" not in best and "optimizer_states" in last  # best: weights only
+    assert last["global_step"] == 4 and last["epoch"] == 1  # the newest state: end of the last epoch
+    assert "fit finished" in summary and "version_0" in summary
+    assert "best.ckpt" in summary and "val/mP@5 = " in summary and "metrics.json" in summary
+
+
+def test_evaluation_without_checkpoint_is_refused(trained, phantom_root, cli):
+    runs, _, _ = trained
+    for subcommand in ("test", "validate", "predict"):
+        with pytest.raises(UntrainedEvaluationError, match="--allow_untrained=true"):
+            cli(subcommand, runs, phantom_root)
+
+
+def test_untrained_evaluation_says_so(phantom_root, cli, tmp_path, one_thread, capsys):
+    cli("validate", tmp_path, phantom_root, "--allow_untrained=true")
+    (metrics,) = tmp_path.rglob("metrics.json")
+    assert json.loads(metrics.read_text())["val"]["checkpoint"]["untrained"] is True
+    assert "UNTRAINED" in capsys.readouterr().out
+
+
+def test_test_and_predict_land_beside_the_checkpoint_and_name_it(trained, phantom_root, cli, capsys):
+    runs, run, _ = trained
+    cli("test", runs, phantom_root, "--ckpt_path=best")  # best = best.ckpt of the newest run
+    section = json.loads((run / "test_best" / "metrics.json").read_text())["test"]
+    best = run / "checkpoints" / "best.ckpt"
+    assert section["checkpoint"]["sha256"] == sha256(best)
+    assert section["checkpoint"]["path"] == str(best.resolve())
+    assert (section["epoch"], section["global_step"]) == (section["checkpoint"]["epoch"],
+                                                          section["checkpoint"]["global_step"])
+    assert "test/mP@5" in section["metrics"] and list((run / "test_best" / "figures").glob("retrieval_test*.png"))
+    out = capsys.readouterr().out
+    assert "test_best" in out and "test/mP@5 = " in out and sha256(best)[:12] in out
+
+    cli("predict", runs, phantom_root, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
+    npz = np.load(run / "predict_last_test" / "predictions_test.npz")
+    assert str(npz["checkpoint_sha256"]) == sha256(run / "checkpoints" / "last.ckpt")
+    assert int(npz["checkpoint_global_step"]) == 4
+    assert "predictions_test.npz" in capsys.readouterr().out
+    # The runs folder holds only the fit's version folder: evaluations made no new version_N.
+    assert [p.name for p in (runs / "simsiam_hu_phantom").iterdir()] == ["version_0"]
+
+
+def test_failed_runs_leave_no_folder_and_keep_the_previous_evaluation(trained, phantom_root, cli, monkeypatch):
+    runs, run, _ = trained
+    cli("validate", runs, phantom_root, "--ckpt_path=best")
+    previous = (run / "validate_best" / "metrics.json").read_text()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("callbacks.retrieval_evaluation.RetrievalEvaluation.evaluate", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        cli("validate", runs, phantom_root, "--ckpt_path=best")
+    assert (run / "validate_best" / "metrics.json").read_text() == previous
+    assert not list(run.glob(".*previous"))
+    with pytest.raises(RuntimeError, match="boom"):
+        cli("fit", runs, phantom_root, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1")
+    assert sorted(p.name for p in (runs / "simsiam_hu_phantom").iterdir()) == ["version_0"]
+
+
+def test_missing_best_checkpoint_names_the_folder(tmp_path, phantom_root, cli):
+    with pytest.raises(FileNotFoundError, match="best.ckpt.*simsiam_hu_phantom"):
+        cli("test", tmp_path, phantom_root, "--ckpt_path=best")
+
+
+def test_progress_bar_shows_the_monitored_metric_and_its_best():
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from callbacks.progress import RetrievalProgressBar
+
+    ckpt = ModelCheckpoint(monitor="val/mP@5", mode="max")
+    ckpt.best_model_score = torch.tensor(0.74)
+    trainer = SimpleNamespace(checkpoint_callbacks=[ckpt], callback_metrics={"val/mP@5": torch.tensor(0.712)})
+    base = {"v_num": 0, "train/loss": "0.1"}
+    original = TQDMProgressBar.get_metrics
+    TQDMProgressBar.get_metrics = lambda self, t, m: dict(base)
+    try:
+        items = RetrievalProgressBar().get_metrics(trainer, None)
+    finally:
+        TQDMProgressBar.get_metrics = original
+    assert items["val/mP@5"] == "0.712" and items["best val/mP@5"] == "0.740" and items["train/loss"] == "0.1"
