@@ -16,7 +16,6 @@ from experiments.run_folders import UntrainedEvaluationError
 from tests.conftest import CONFIGS, tiny_overrides
 
 
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     """The demo config without RELAX (the slow part, not under test here)."""
