@@ -139,3 +139,34 @@ def test_progress_bar_shows_the_monitored_metric_and_its_best():
     finally:
         TQDMProgressBar.get_metrics = original
     assert items["val/mP@5"] == "0.712" and items["best val/mP@5"] == "0.740" and items["train/loss"] == "0.1"
+
+
+def test_figures_name_the_classes_and_outline_the_lesion():
+    from matplotlib.patches import Rectangle
+
+    from callbacks.figures import RetrievalRow, retrieval_figure
+    from callbacks.retrieval_grid import label_name
+    from datamodules.decathlon_liver import DecathlonLiverDataModule
+    from datamodules.deeplesion import DeepLesionDataModule, box_in_crop, lesion_crop
+
+    assert label_name(torch.tensor(1), DecathlonLiverDataModule.class_names) == "liver"
+    assert label_name(torch.tensor(0), DecathlonLiverDataModule.class_names) == "no liver"
+    assert label_name(torch.tensor(5), DeepLesionDataModule.class_names) == "lung"
+    assert label_name(torch.tensor([0, 1, 0, 1]), {1: "effusion", 3: "mass"}) == "effusion, mass"
+    assert label_name(torch.tensor(7), {}) == "label 7"
+    # The box drawn on a crop covers exactly the lesion's pixels, also when the crop was shrunk.
+    hu = np.zeros((100, 120), np.float32)
+    for box, size in (((50, 40, 59, 44), 32), ((10, 10, 73, 73), 32)):
+        hu[:] = 0
+        hu[box[1]:box[3] + 1, box[0]:box[2] + 1] = 1
+        crop, edges = lesion_crop(hu, box, size), box_in_crop(box, hu.shape, size)
+        x1, y1, x2, y2 = edges
+        assert crop[int(np.ceil(y1)):int(y2), int(np.ceil(x1)):int(x2)].min() == pytest.approx(1)
+        assert crop.sum() == pytest.approx((x2 - x1) * (y2 - y1), rel=1e-4)
+    img = torch.rand(3, 32, 32)
+    row = RetrievalRow(img, "query\nliver", [img, img], [True, False], [0.1, 0.2], notes=["liver", "no liver"],
+                       boxes=[torch.tensor([4.0, 4, 12, 12])] * 3)
+    fig = retrieval_figure([row], "euclidean")
+    axes = fig.axes
+    assert sum(isinstance(p, Rectangle) for ax in axes for p in ax.patches) == 3
+    assert "no liver" in axes[2].get_xlabel() and "liver" in axes[0].get_title()
