@@ -170,3 +170,37 @@ def test_figures_name_the_classes_and_outline_the_lesion():
     axes = fig.axes
     assert sum(isinstance(p, Rectangle) for ax in axes for p in ax.patches) == 3
     assert "no liver" in axes[2].get_xlabel() and "liver" in axes[0].get_title()
+
+
+def test_console_entry_points_resolve_and_run(tmp_path, phantom_root, capsys):
+    import configparser
+    import importlib
+
+    cfg = configparser.ConfigParser()
+    cfg.read(CONFIGS.parents[1] / "setup.cfg")
+    scripts = dict(line.split("=", 1) for line in cfg["options.entry_points"]["console_scripts"].split("\n") if line)
+    scripts = {k.strip(): v.strip() for k, v in scripts.items()}
+    assert set(scripts) == {"medcbir", "medcbir-phantom"}
+    funcs = {}
+    for name, target in scripts.items():
+        module, attr = target.split(":")
+        funcs[name] = getattr(importlib.import_module(module), attr)
+    assert funcs["medcbir-phantom"](["liver", "--root", str(tmp_path / "liver"), "--volumes", "2",
+                                     "--test-volumes", "0", "--shape", "16", "16", "8"]) == 0
+    assert (tmp_path / "liver" / "dataset.json").is_file()
+    assert funcs["medcbir-phantom"](["nonsense"]) == 2
+    args = ["test", "--config", str(CONFIGS / "simsiam_hu_phantom.yaml"), *tiny_overrides(tmp_path, phantom_root)]
+    assert funcs["medcbir"](args) == 2
+    assert "--allow_untrained=true" in capsys.readouterr().err
+
+
+def test_readme_commands_are_copy_pasteable():
+    """No hard-coded version folders or unset variables in the README's commands; every config named exists."""
+    import re
+
+    readme = (CONFIGS.parents[1] / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", readme, flags=re.S))
+    assert "version_0" not in blocks and "$RUN_" not in blocks
+    assert not re.search(r"^\s*python ", blocks, flags=re.M), "use the venv's medcbir / medcbir-phantom commands"
+    for config in re.findall(r"experiments/configs/[\w/]+\.yaml", readme):
+        assert (CONFIGS.parents[1] / config).is_file(), config
