@@ -55,3 +55,11 @@ def evaluation_section(trainer: pl.Trainer) -> dict:
     if not prov.get("untrained"):
         section.update(epoch=prov["epoch"], global_step=prov["global_step"])
     return section
+
+
+def model_epoch(trainer: pl.Trainer) -> int:
+    """Epoch of the weights being evaluated: the current one in ``fit``, the checkpoint's elsewhere (0 when
+    untrained), so figures of ``test --ckpt_path`` are named after the epoch that produced the weights."""
+    if trainer.state.fn == "fit":
+        return trainer.current_epoch
+    return int(evaluation_section(trainer).get("epoch") or 0)

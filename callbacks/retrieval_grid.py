@@ -8,6 +8,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from callbacks.figures import RetrievalRow, retrieval_figure, save_and_log, spread
+from callbacks.provenance import model_epoch
 from callbacks.retrieval_evaluation import Neighbours, RetrievalEvaluation
 
 
@@ -116,7 +117,7 @@ class RetrievalGrid(AfterRetrievalEvaluation):
         if trainer.is_global_zero:
             rows = self.rows(trainer, nb, self.choose_queries(nb), self.k)
             fig = retrieval_figure(rows, nb.distance, f"{stage}: {nb.query_split} queries vs {nb.gallery_split}, "
-                                   f"epoch {trainer.current_epoch} (last {self.n_worst} rows: worst P@{self.k})")
-        path = save_and_log(trainer, fig, f"retrieval_{stage}_epoch{trainer.current_epoch:03d}",
+                                   f"epoch {model_epoch(trainer)} (last {self.n_worst} rows: worst P@{self.k})")
+        path = save_and_log(trainer, fig, f"retrieval_{stage}_epoch{model_epoch(trainer):03d}",
                             f"{stage}/retrieval_grid")
         self.last_path = str(path) if path else None
