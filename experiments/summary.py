@@ -23,7 +23,7 @@ def _rel(path) -> str:
 
 
 def _size(path: Path) -> str:
-    return f"{path.stat().st_size / 2 ** 20:.0f} MB"
+    return f"{path.stat().st_size / 1e6:.0f} MB"
 
 
 def _duration(seconds: float) -> str:
@@ -83,7 +83,8 @@ def run_summary(trainer: pl.Trainer, subcommand: str, elapsed: float, monitors: 
     folder = Path(folder or trainer.log_dir or trainer.default_root_dir)
     head = f"{subcommand} finished in {_duration(elapsed)}: run folder {_rel(folder)}"
     if subcommand == "fit":
-        head += f" ({trainer.current_epoch} epochs, {trainer.global_step} steps)"
+        epochs, steps = trainer.current_epoch, trainer.global_step
+        head += f" ({epochs} epoch{'s' * (epochs != 1)}, {steps} step{'s' * (steps != 1)})"
         body = fit_summary(trainer, folder)
     else:
         body = evaluation_summary(trainer, {"validate": "val", "test": "test"}.get(subcommand, subcommand), folder,
