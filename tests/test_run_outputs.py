@@ -206,3 +206,44 @@ def test_readme_commands_are_copy_pasteable():
     assert not re.search(r"^\s*python ", blocks, flags=re.M), "use the venv's medcbir / medcbir-phantom commands"
     for config in re.findall(r"experiments/configs/[\w/]+\.yaml", readme):
         assert (CONFIGS.parents[1] / config).is_file(), config
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_last_checkpoint_is_one_file_with_the_newest_state(tmp_path, validate):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from callbacks import LastCheckpoint
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=4)
+    steps = []
+
+    class Spy(pl.Callback):  # the step stored in last.ckpt at every training batch end
+        def on_train_batch_end(self, trainer, *args):
+            path = tmp_path / "checkpoints" / "last.ckpt"
+            steps.append(torch.load(path, weights_only=False)["global_step"] if path.exists() else None)
+
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, limit_val_batches=1.0 if validate else 0,
+                         callbacks=[LastCheckpoint(every_n_train_steps=2, dirpath=str(tmp_path / "checkpoints")),
+                                    Spy()])
+    trainer.fit(Tiny(), data, data if validate else None)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    # Saved mid-epoch at steps 2 and 4 and at the epoch ends (3, 6). Lightning runs checkpoint callbacks last,
+    # so after step s the Spy sees the file as it was before step s's own save.
+    assert steps == [None, None, 2, 3, 4, 4]
