@@ -92,6 +92,8 @@ def run_summary(trainer: pl.Trainer, subcommand: str, elapsed: float, monitors: 
     return "\n".join(["", head, *body, *_outputs(folder), ""])
 
 
-def print_summary(trainer: pl.Trainer, *args, **kwargs) -> None:
+def print_summary(trainer: pl.Trainer, subcommand: str, elapsed: float, monitors: Iterable[str] = ()) -> None:
+    """Print :func:`run_summary` on rank 0. Call on every rank: under DDP ``trainer.log_dir`` is a collective."""
+    folder = trainer.log_dir or trainer.default_root_dir
     if trainer.is_global_zero:
-        print(run_summary(trainer, *args, **kwargs), flush=True)
+        print(run_summary(trainer, subcommand, elapsed, monitors, folder), flush=True)
