@@ -14,6 +14,7 @@ from callbacks.distributed import eval_mode, gather_by_index
 from callbacks.explanation_metrics import relevance_rank_accuracy
 from callbacks.figures import retrieval_figure, save_and_log, spread
 from callbacks.io import merge_metrics, run_dir
+from callbacks.provenance import model_epoch
 from callbacks.retrieval_evaluation import Neighbours
 from callbacks.retrieval_grid import AfterRetrievalEvaluation
 from lightning_modules.components.relax import RELAX
@@ -90,8 +91,8 @@ class ExplanationEvaluation(AfterRetrievalEvaluation):
             for row in rows:
                 row.heatmaps = self.explain(pl_module, [row.query, *row.retrieved])
             fig = retrieval_figure(rows, nb.distance, f"{stage}: RELAX explanations of the query and its top-"
-                                   f"{self.figure_k} ({self.relax.num_masks} masks), epoch {trainer.current_epoch}")
-        path = save_and_log(trainer, fig, f"explained_retrieval_{stage}_epoch{trainer.current_epoch:03d}",
+                                   f"{self.figure_k} ({self.relax.num_masks} masks), epoch {model_epoch(trainer)}")
+        path = save_and_log(trainer, fig, f"explained_retrieval_{stage}_epoch{model_epoch(trainer):03d}",
                             f"{stage}/explained_retrieval")
         self.last_figure = str(path) if path else None
 

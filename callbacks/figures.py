@@ -30,6 +30,17 @@ class RetrievalRow:
     distances: List[float]
     heatmaps: Optional[List[Tensor]] = None  # [query, retrieved...]
     notes: List[str] = field(default_factory=list)
+    boxes: Optional[List[Optional[Tensor]]] = None  # [query, retrieved...]: [x1, y1, x2, y2] pixel edges
+
+
+def draw_box(ax, box: Optional[Tensor], colour: str = "#fee08b") -> None:
+    """Outline a region (e.g. the DeepLesion lesion box in its crop) given in pixel-edge coordinates."""
+    if box is None:
+        return
+    from matplotlib.patches import Rectangle
+
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
 
 
 def grey(image: Tensor) -> Tensor:
@@ -49,11 +60,12 @@ def _frame(ax, colour: Optional[str]) -> None:
 
 
 def retrieval_figure(rows: Sequence[RetrievalRow], distance: str = "", title: str = "") -> plt.Figure:
-    """Grid: per query one row (query, then top-k: green frame = relevant, red = not, distance below);
-    with heatmaps a second row shows each image with its importance overlaid (jet: red = important)."""
+    """Grid: per query one row (query, then top-k: green frame = relevant, red = not, distance and class name
+    below; yellow outline = the row's ``boxes``, e.g. the lesion); with heatmaps a second row shows each image
+    with its importance overlaid (jet: red = important)."""
     k = max(len(r.retrieved) for r in rows)
     lines = [line for r in rows for line in ([("image", r)] + ([("heat", r)] if r.heatmaps else []))]
-    fig, axes = plt.subplots(len(lines), k + 1, figsize=(1.9 * (k + 1), 2.1 * len(lines)), squeeze=False)
+    fig, axes = plt.subplots(len(lines), k + 1, figsize=(1.9 * (k + 1), 2.35 * len(lines)), squeeze=False)
     for (kind, row), ax_row in zip(lines, axes):
         images = [row.query, *row.retrieved]
         for j, ax in enumerate(ax_row):
@@ -61,6 +73,8 @@ def retrieval_figure(rows: Sequence[RetrievalRow], distance: str = "", title: st
                 ax.axis("off")
                 continue
             ax.imshow(grey(images[j]), cmap="gray")
+            if row.boxes:
+                draw_box(ax, row.boxes[j])
             if kind == "heat":
                 heat = row.heatmaps[j].detach().float().cpu()
                 heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
@@ -73,7 +87,7 @@ def retrieval_figure(rows: Sequence[RetrievalRow], distance: str = "", title: st
             else:
                 rel = row.relevant[j - 1]
                 _frame(ax, RELEVANT if rel else NOT_RELEVANT)
-                note = f" {row.notes[j - 1]}" if row.notes else ""
+                note = f"\n{row.notes[j - 1]}" if row.notes and row.notes[j - 1] else ""
                 ax.set_xlabel(f"{'relevant' if rel else 'not relevant'}\n{distance} d={row.distances[j - 1]:.3f}"
                               f"{note}", fontsize=7)
     if title:

@@ -11,12 +11,15 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from callbacks.distributed import gather_by_index
 from callbacks.io import atomic_write, run_dir
+from callbacks.provenance import checkpoint_provenance
 
 
 class EmbeddingWriter(BasePredictionWriter):
     """Writes ``predictions_<split>.npz`` with arrays ``embedding`` [N, D] float32, ``index`` [N] (position
     in the split's dataset), ``label`` and ``patient_id`` (when the dataset has them), sorted by index and
-    de-duplicated across DDP ranks, plus 0-d string arrays ``split`` and ``search_space``. Load with
+    de-duplicated across DDP ranks, plus 0-d arrays ``split``, ``search_space`` and the evaluated checkpoint's
+    ``checkpoint_path``, ``checkpoint_sha256``, ``checkpoint_epoch``, ``checkpoint_global_step`` (empty strings
+    for untrained weights). Load with
     ``np.load(path)`` and evaluate with ``callbacks.evaluate_retrieval``.
     """
 
@@ -37,5 +40,8 @@ class EmbeddingWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             arrays = {k: v.numpy() for k, v in merged.items()}
             arrays.update(split=np.array(split), search_space=np.array(getattr(pl_module, "search_space", "")))
+            prov = checkpoint_provenance(trainer)
+            arrays.update({f"checkpoint_{k}": np.array("" if prov.get(k) is None else prov[k])
+                           for k in ("path", "sha256", "epoch", "global_step")})
             atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb", suffix=".npz")
             self.last_path = path

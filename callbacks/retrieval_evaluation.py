@@ -12,6 +12,7 @@ from torch import Tensor
 from callbacks.distributed import embed_dataset
 from callbacks.evaluate import evaluate_retrieval, retrieved_relevance
 from callbacks.io import run_dir, update_json
+from callbacks.provenance import evaluation_section
 from callbacks.relevance import get_relevance
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class RetrievalEvaluation(Callback):
                         "relevance": self.relevance, "distance": distance, "k_values": self.k_values,
                         "candidate_sets": self.candidate_sets}
             section = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                       "protocol": protocol, "metrics": values}
+                       "protocol": protocol, "metrics": values, **evaluation_section(trainer)}
             update_json(folder / self.metrics_filename, stage, section)
 
     def _log(self, pl_module: pl.LightningModule, results: dict[str, float]) -> None:

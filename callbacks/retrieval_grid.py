@@ -8,6 +8,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from callbacks.figures import RetrievalRow, retrieval_figure, save_and_log, spread
+from callbacks.provenance import model_epoch
 from callbacks.retrieval_evaluation import Neighbours, RetrievalEvaluation
 
 
@@ -60,27 +61,37 @@ class AfterRetrievalEvaluation(Callback):
     @staticmethod
     def rows(trainer: pl.Trainer, nb: Neighbours, queries: List[int], k: int,
              label_key: str = "label") -> List[RetrievalRow]:
-        """Figure rows for ``queries`` (positions in the query split) from the stored neighbours."""
+        """Figure rows for ``queries`` (positions in the query split) from the stored neighbours; labels shown
+        by the DataModule's ``class_names``, and a sample's ``box`` (e.g. the lesion) outlined."""
         dm = trainer.datamodule
+        names = getattr(dm, "class_names", None) or {}
         q_ds, g_ds = dm.retrieval_dataset(nb.query_split), dm.retrieval_dataset(nb.gallery_split)
         out = []
         for q in queries:
             keep = [j for j in range(min(k, nb.indices.shape[1])) if nb.indices[q, j] >= 0]
             sample = q_ds[q]
             label = sample.get(label_key)
-            title = f"query {nb.query_split}[{q}]" + (f"\nlabel {_fmt(label)}" if label is not None else "")
+            title = f"query {nb.query_split}[{q}]" + (f"\n{label_name(label, names)}" if label is not None else "")
             gallery = [g_ds[int(nb.indices[q, j])] for j in keep]
+            boxes = [s.get("box") for s in (sample, *gallery)]
             out.append(RetrievalRow(
                 query=sample["image"], title=title, retrieved=[g["image"] for g in gallery],
                 relevant=[bool(nb.relevance[q, j] > 0) for j in keep],
                 distances=[float(nb.distances[q, j]) for j in keep],
-                notes=[f"label {_fmt(g.get(label_key))}" if g.get(label_key) is not None else "" for g in gallery]))
+                notes=[label_name(g.get(label_key), names) if g.get(label_key) is not None else "" for g in gallery],
+                boxes=boxes if any(b is not None for b in boxes) else None))
         return out
 
 
-def _fmt(label) -> str:
+def label_name(label, names: Optional[dict] = None) -> str:
+    """``liver`` / ``lung`` from a class index, ``cardiomegaly, effusion`` from a multi-hot vector (by
+    ``names``); ``label 3`` / ``label 1,4`` when a class has no name."""
+    names = names or {}
     t = torch.as_tensor(label)
-    return str(t.item()) if t.numel() == 1 else ",".join(str(i) for i in t.nonzero().flatten().tolist())
+    ids = [int(t.item())] if t.numel() == 1 else t.nonzero().flatten().tolist()
+    if ids and all(i in names for i in ids):
+        return ", ".join(names[i] for i in ids)
+    return "label " + ",".join(str(i) for i in ids)
 
 
 class RetrievalGrid(AfterRetrievalEvaluation):
@@ -106,7 +117,7 @@ class RetrievalGrid(AfterRetrievalEvaluation):
         if trainer.is_global_zero:
             rows = self.rows(trainer, nb, self.choose_queries(nb), self.k)
             fig = retrieval_figure(rows, nb.distance, f"{stage}: {nb.query_split} queries vs {nb.gallery_split}, "
-                                   f"epoch {trainer.current_epoch} (last {self.n_worst} rows: worst P@{self.k})")
-        path = save_and_log(trainer, fig, f"retrieval_{stage}_epoch{trainer.current_epoch:03d}",
+                                   f"epoch {model_epoch(trainer)} (last {self.n_worst} rows: worst P@{self.k})")
+        path = save_and_log(trainer, fig, f"retrieval_{stage}_epoch{model_epoch(trainer):03d}",
                             f"{stage}/retrieval_grid")
         self.last_path = str(path) if path else None

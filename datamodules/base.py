@@ -63,6 +63,9 @@ class RetrievalDataModule(pl.LightningDataModule):
             ``seed_everything`` value (``PL_GLOBAL_SEED``), else 0.
     """
 
+    #: label value (or multi-hot position) -> readable name, for figures; empty = show the numbers
+    class_names: Dict[int, str] = {}
+
     def __init__(self, batch_size: int = 32, num_workers: int = 2, predict_split: str = "test",
                  train_views: Optional[Callable[[dict], dict]] = None, seed: Optional[int] = None):
         super().__init__()

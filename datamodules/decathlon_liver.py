@@ -30,7 +30,7 @@ from datamodules.transforms.hounsfield import HounsfieldWindowd, check_window
 log = logging.getLogger(__name__)
 LIVER_LABELS = (1, 2)  # liver + cancer = the liver mask (DATASETS.md)
 CACHE_VERSION = 1
-PHANTOM_COMMAND = "python -m datamodules.synthetic.ct_liver_phantom --root {root}"
+PHANTOM_COMMAND = "medcbir-phantom liver --root {root}"
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,8 @@ class DecathlonLiverDataModule(RetrievalDataModule):
     (also warned). Every other problem (missing or malformed dataset.json, missing or corrupt volume, image
     and label shapes differing, too few volumes for ``train_volumes``) raises an error naming the file or key.
     """
+
+    class_names = {0: "no liver", 1: "liver"}
 
     def __init__(self, data_root: str, image_size: int = 224, slices_with_liver: int = 5,
                  slices_without_liver: int = 5, train_volumes: int = 100, val_volumes: int = 0,

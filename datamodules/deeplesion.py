@@ -35,10 +35,11 @@ AIR_HU = -1024.0  # fill outside the image when a crop window is larger than the
 FULL_WINDOW = (-1024.0, 3071.0)  # the 12-bit CT range: lungs, soft tissue and bone in one window
 SPLIT_CODES = {"1": "train", "2": "val", "3": "test"}
 FILES_PER_SHARD = 256  # PNGs decoded and cached together
-PHANTOM_COMMAND = "python -m datamodules.synthetic.deeplesion --root {root}"
+PHANTOM_COMMAND = "medcbir-phantom deeplesion --root {root}"
 _FILE_NAME = re.compile(r"^(\d+_\d+_\d+)_(\d+)\.png$")
 
-__all__ = ["DeepLesionDataModule", "LesionRow", "LESION_TYPES", "lesion_crop", "read_dl_info", "read_hu_png"]
+__all__ = ["DeepLesionDataModule", "LesionRow", "LESION_TYPES", "box_in_crop", "crop_window", "lesion_crop",
+           "read_dl_info", "read_hu_png"]
 
 
 @dataclass(frozen=True)
@@ -134,15 +135,10 @@ def read_hu_png(path: Path) -> np.ndarray:
         return np.asarray(img).astype(np.int32) - HU_OFFSET
 
 
-def lesion_crop(hu: np.ndarray, box: Sequence[float], crop_size: int, fill: float = AIR_HU) -> np.ndarray:
-    """Square float32 HU crop [crop_size, crop_size] around a lesion box ``(x1, y1, x2, y2)`` (Qi et al.).
-
-    The window is the box extended symmetrically to ``crop_size`` pixels, or the whole box when larger (its
-    longer side, so the aspect is kept), shifted to lie inside the image (padded with ``fill`` only where
-    the image is smaller than the window), and area-resized to ``crop_size`` when larger.
-    """
+def crop_window(box: Sequence[float], shape: tuple[int, int], crop_size: int) -> tuple[np.ndarray, int]:
+    """``(start [x, y], side)`` of the square window :func:`lesion_crop` cuts from an image of ``shape`` (h, w)."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    h, w = hu.shape
+    h, w = shape
     lo = np.floor([x1, y1]).astype(int)
     hi = np.ceil([x2, y2]).astype(int)
     side = int(max(crop_size, *(hi - lo + 1)))
@@ -151,6 +147,28 @@ def lesion_crop(hu: np.ndarray, box: Sequence[float], crop_size: int, fill: floa
     for axis, size in enumerate((w, h)):  # shift inside the image when it is large enough
         if size >= side:
             start[axis] = min(max(start[axis], 0), size - side)
+    return start, side
+
+
+def box_in_crop(box: Sequence[float], shape: tuple[int, int], crop_size: int) -> np.ndarray:
+    """The lesion box in the crop's pixel-edge coordinates ``[x1, y1, x2, y2]`` (pixel i spans [i, i + 1]),
+    for drawing it on the crop."""
+    start, side = crop_window(box, shape, crop_size)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    scale = crop_size / side
+    return np.array([(x1 - start[0]) * scale, (y1 - start[1]) * scale, (x2 + 1 - start[0]) * scale,
+                     (y2 + 1 - start[1]) * scale], np.float32)
+
+
+def lesion_crop(hu: np.ndarray, box: Sequence[float], crop_size: int, fill: float = AIR_HU) -> np.ndarray:
+    """Square float32 HU crop [crop_size, crop_size] around a lesion box ``(x1, y1, x2, y2)`` (Qi et al.).
+
+    The window is the box extended symmetrically to ``crop_size`` pixels, or the whole box when larger (its
+    longer side, so the aspect is kept), shifted to lie inside the image (padded with ``fill`` only where
+    the image is smaller than the window), and area-resized to ``crop_size`` when larger.
+    """
+    h, w = hu.shape
+    start, side = crop_window(box, (h, w), crop_size)
     out = np.full((side, side), fill, np.float32)
     (cx, cy), (ex, ey) = start, start + side
     src = hu[max(cy, 0):min(ey, h), max(cx, 0):min(ex, w)]
@@ -167,8 +185,9 @@ class DeepLesionDataModule(RetrievalDataModule):
     symmetrically to ``crop_size``, kept inside the image, larger boxes area-resized). Samples: ``image``
     float32 [3, S, S] (HU ``window`` scaled to [0, 1], grey stacked to 3 channels), ``hu`` [1, S, S],
     ``label`` int64 (Coarse_lesion_type 1..8; -1 unlabelled, train only), ``patient_id`` (Patient_index),
-    ``study_id`` (Study_index), ``index`` (position in the split) and, with ``frangi``, ``vesselness``
-    [1, S, S] (Frangi et al. 1998 on the windowed crop).
+    ``study_id`` (Study_index), ``index`` (position in the split), ``box`` (the lesion box in the crop,
+    :func:`box_in_crop`, drawn on figures) and, with ``frangi``, ``vesselness`` [1, S, S] (Frangi et al. 1998
+    on the windowed crop). ``class_names`` maps labels to lesion type names.
 
     ``window`` defaults to the full 12-bit CT range [-1024, 3071] HU, the single window Yan et al. use on
     DeepLesion (3DCE, MICCAI 2018) so that lung, soft-tissue and bone lesions all keep their contrast;
@@ -197,6 +216,8 @@ class DeepLesionDataModule(RetrievalDataModule):
         num_workers, predict_split, train_views, seed: see :class:`RetrievalDataModule`; ``num_workers`` also
             sets the threads decoding PNG shards.
     """
+
+    class_names = {-1: "unlabelled", **LESION_TYPES}
 
     def __init__(self, data_root: str, crop_size: int = 64, window: tuple[float, float] = FULL_WINDOW,
                  use_dicom_window: bool = False, frangi: bool = False,
@@ -375,7 +396,8 @@ class DeepLesionDataModule(RetrievalDataModule):
                 r = rows[i]
                 rec = {"hu": torch.from_numpy(decoded["hu"][i:i + 1]), "label": torch.tensor(r.lesion_type),
                        "patient_id": torch.tensor(r.patient_id), "study_id": torch.tensor(r.study_id),
-                       "index": torch.tensor(len(records))}
+                       "index": torch.tensor(len(records)),
+                       "box": torch.from_numpy(box_in_crop(r.box, r.image_size, self.crop_size))}
                 if self.frangi:
                     rec["vesselness"] = torch.from_numpy(decoded["vesselness"][i:i + 1])
                 if self.use_dicom_window:

@@ -8,6 +8,11 @@ folder (overwritten when re-running into the same folder) and uploaded to W&B wh
 Extra options on top of Lightning's:
   --wandb.enabled=true      add a W&B logger (offline by default: no account, no network) next to the CSV one
   --ckpt_path=last          resume the latest run folder of the configured logger (not a new version)
+  --allow_untrained=true    validate / test / predict without --ckpt_path (scores the initial weights)
+
+validate / test / predict require --ckpt_path (``best`` / ``last``: that file of the newest run) and write
+beside the checkpoint's run (``experiments.run_folders``); every subcommand ends with a summary
+(``experiments.summary``).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import dataclasses
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,6 +28,8 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.base import RetrievalDataModule
+from experiments import noise, run_folders
+from experiments.summary import print_summary
 from lightning_modules.base import RetrievalModule
 
 log = logging.getLogger(__name__)
@@ -73,6 +81,8 @@ class RetrievalCLI(LightningCLI):
     """LightningCLI with the project's base classes, W&B options and resume-in-place."""
 
     def __init__(self, args=None, run: bool = True):
+        noise.install()
+        self.placed_folder, self.monitors = None, []
         super().__init__(RetrievalModule, RetrievalDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, seed_everything_default=0,
                          save_config_callback=ConfigToLoggers,
@@ -92,9 +102,14 @@ class RetrievalCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(WandbOptions, "wandb")
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="validate / test / predict without --ckpt_path: score the initial weights")
 
     def before_instantiate_classes(self) -> None:
-        """``fit --ckpt_path last``: write into the run folder that holds the last checkpoint."""
+        """``fit --ckpt_path last``: write into the run folder that holds the last checkpoint. Evaluations:
+        require a checkpoint and write beside it (``run_folders.place_evaluation``)."""
+        if self.subcommand in run_folders.EVALUATION_SUBCOMMANDS:
+            self.placed_folder = run_folders.place_evaluation(self.subcommand, self.config[self.subcommand])
         if self.subcommand != "fit" or self.config.fit.get("ckpt_path") != "last":
             return
         loggers = self.config.fit.trainer.get("logger")
@@ -118,7 +133,20 @@ class RetrievalCLI(LightningCLI):
                                        save_dir=save_dir, log_model=cfg.log_model, offline=mode == "offline",
                                        mode=mode)
             trainer.loggers = [*trainer.loggers, wandb_logger]
+        self.monitors = run_folders.adapt_callbacks(trainer, self.subcommand)
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run, then print the summary; a failed run leaves no empty run folder (``run_folders.RunFolder``)."""
+        guard = run_folders.RunFolder(self.trainer.log_dir, self.placed_folder)
+        start = time.perf_counter()
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            guard.failed()
+            raise
+        guard.succeeded()
+        print_summary(self.trainer, subcommand, time.perf_counter() - start, self.monitors)
 
 
 def main(args=None) -> RetrievalCLI:

@@ -43,22 +43,21 @@ def monitored_keys(config):
 
 
 def test_exported_embeddings_reproduce_logged_metrics(phantom_root, tmp_path):
-    """fit -> test writes metrics.json; predict exports embeddings; recomputing gives the same numbers."""
+    """fit -> test writes metrics.json; predict exports embeddings; recomputing gives the same numbers.
+    Evaluations of a checkpoint land beside its run: <run>/test_last, <run>/predict_last_<split>."""
     config = CONFIGS / "simsiam_hu_phantom.yaml"
     base = [*tiny_overrides(tmp_path, phantom_root), "--trainer.logger.init_args.version=run"]
     run_cli("fit", "--config", config, *base, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2")
-    ckpt = tmp_path / "simsiam_hu_phantom" / "run" / "checkpoints" / "last.ckpt"
+    run = tmp_path / "simsiam_hu_phantom" / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     out = {}
     for split in ("train", "test"):
-        version = f"predict_{split}"
         run_cli("predict", "--config", config, *tiny_overrides(tmp_path, phantom_root),
-                f"--trainer.logger.init_args.version={version}", f"--data.init_args.predict_split={split}",
-                "--ckpt_path", ckpt)
-        out[split] = np.load(tmp_path / "simsiam_hu_phantom" / version / f"predictions_{split}.npz")
-    run_cli("test", "--config", config, *tiny_overrides(tmp_path, phantom_root),
-            "--trainer.logger.init_args.version=test", "--ckpt_path", ckpt)
-    logged = read_metrics(tmp_path / "simsiam_hu_phantom" / "test")["test"]
+                f"--data.init_args.predict_split={split}", "--ckpt_path", ckpt)
+        out[split] = np.load(run / f"predict_last_{split}" / f"predictions_{split}.npz")
+    run_cli("test", "--config", config, *tiny_overrides(tmp_path, phantom_root), "--ckpt_path", ckpt)
+    logged = read_metrics(run / "test_last")["test"]
     assert logged["protocol"]["gallery_split"] == "train" and logged["protocol"]["distance"] == "euclidean"
     q, g = out["test"], out["train"]
     assert str(q["split"]) == "test" and np.array_equal(q["index"], np.arange(len(q["index"])))

@@ -16,7 +16,7 @@ def validate(run_dir, phantom_root, devices):
     cmd = [sys.executable, "-m", "experiments", "validate", "--config", str(CONFIGS / "simsiam_hu_phantom.yaml"),
            *tiny_overrides(run_dir, phantom_root), "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
            "--trainer.strategy=" + ("ddp" if devices > 1 else "auto"),
-           "--data.init_args.batch_size=4"]
+           "--data.init_args.batch_size=4", "--allow_untrained=true"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

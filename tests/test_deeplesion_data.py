@@ -337,7 +337,7 @@ def test_synthesize_if_missing(tmp_path):
 
 # -- errors -------------------------------------------------------------------------------------------------
 def test_missing_root_and_csv(tmp_path):
-    with pytest.raises(FileNotFoundError, match="synthesize_if_missing.*datamodules.synthetic.deeplesion"):
+    with pytest.raises(FileNotFoundError, match="synthesize_if_missing.*medcbir-phantom deeplesion"):
         make_dm(tmp_path / "nowhere").setup()
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="DL_info.csv not found"):
