@@ -165,13 +165,16 @@ def _fmt(v: float | None) -> str:
 
 
 def write_chexpert_phantom(root: str | Path, n_train_patients: int = 80, n_valid_patients: int = 60,
-                           image_shape: tuple[int, int] = (72, 64), seed: int = 0) -> Path:
+                           image_shape: tuple[int, int] = (72, 64), seed: int = 0,
+                           folder_name: str | None = None) -> Path:
     """Write the phantom into ``root`` (named like ``CheXpert-v1.0-small``); returns ``root``.
 
     Train patients get 1 + Poisson(MEAN_STUDIES - 1) studies, valid patients one study (as the real
     valid.csv, 200 patients / 234 images); each study has a frontal view and, with LATERAL_P / (1 -
-    LATERAL_P) odds, a lateral one."""
+    LATERAL_P) odds, a lateral one. CSV paths start with ``folder_name`` (default: ``root``'s name; set it
+    when writing into a temporary folder that is renamed afterwards)."""
     root = Path(root)
+    folder_name = folder_name or root.name
     rng = np.random.default_rng(seed)
     for split, n_patients, first in (("train", n_train_patients, 1), ("valid", n_valid_patients, 64541)):
         rows = []
@@ -188,12 +191,12 @@ def write_chexpert_phantom(root: str | Path, n_train_patients: int = 80, n_valid
                 projection = "PA" if rng.random() < PA_P else "AP"
                 views = ["frontal"] + (["lateral"] if rng.random() < LATERAL_P / (1 - LATERAL_P) else [])
                 for v, view in enumerate(views, start=1):
-                    rel = f"{root.name}/{split}/patient{p:05d}/study{s}/view{v}_{view}.jpg"
-                    path = root.parent / rel
+                    rel = f"{split}/patient{p:05d}/study{s}/view{v}_{view}.jpg"
+                    path = root / rel
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(_jpeg(draw_radiograph(labels, study_anatomy, view == "lateral",
                                                            image_shape, rng)))
-                    rows.append([rel, sex, age, view.capitalize(), projection if view == "frontal" else ""]
+                    rows.append([f"{folder_name}/{rel}", sex, age, view.capitalize(), projection if view == "frontal" else ""]
                                 + [_fmt(labels[f]) for f in FINDINGS])
         with open(root / f"{split}.csv", "w", newline="") as f:
             writer = csv.writer(f)
