@@ -98,7 +98,7 @@ def chexpert_tiny_args(config_text: str, run_dir: Path) -> List[str]:
     (``classifier_epochs=0``: the run goes straight to step 2, the saliency path)."""
     args = [f"--data.init_args.data_root={run_dir / 'CheXpert-v1.0-small'}",
             "--data.init_args.synthesize_if_missing=true",
-            "--data.init_args.phantom_train_patients=12", "--data.init_args.phantom_valid_patients=40",
+            "--data.init_args.phantom_train_patients=10", "--data.init_args.phantom_valid_patients=12",
             "--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--data.init_args.batch_size=16",
             "--data.init_args.val_fraction=0.3", f"--data.init_args.cache_dir={run_dir / 'cache'}",
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run_dir}",
