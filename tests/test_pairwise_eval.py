@@ -73,3 +73,31 @@ def test_ssim_baseline_through_the_shared_evaluation(one_thread):
     full = ssim_matrix(reps, reps).fill_diagonal_(-np.inf)
     order = torch.tensor(np.argsort(-full.numpy(), axis=1, kind="stable")[:, :3])
     assert torch.equal(idx, order) and out["P@3"] == pytest.approx((labels[order] == labels[:, None]).float().mean())
+
+
+@pytest.mark.slow
+def test_pairwise_metrics_are_ddp_exact(tmp_path):
+    """SSIM (a pairwise scorer) validated by two gloo processes gives the single-process numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import CONFIGS, chexpert_tiny_args, read_metrics
+
+    config = CONFIGS / "ssim_phantom.yaml"
+    results = []
+    for devices in (1, 2):
+        run = tmp_path / f"d{devices}"
+        cmd = [sys.executable, "-m", "experiments", "validate", "--config", str(config),
+               *chexpert_tiny_args(config.read_text(), run), "--trainer.accelerator=cpu",
+               f"--trainer.devices={devices}", "--trainer.strategy=" + ("ddp" if devices > 1 else "auto"),
+               "--data.init_args.batch_size=3", f"--data.init_args.data_root={tmp_path / 'CheXpert-v1.0-small'}"]
+        env = {**os.environ, "PYTHONPATH": str(CONFIGS.parents[1]), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, cwd=CONFIGS.parents[1], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        results.append(read_metrics(run)["val"]["metrics"])
+    single, double = results
+    assert single["val/n_queries"] % 2 == 1 or single["val/n_gallery"] % 2 == 1 or single["val/n_queries"] % 3
+    assert double.keys() == single.keys()
+    for key, value in single.items():
+        assert double[key] == pytest.approx(value, abs=1e-9), key
