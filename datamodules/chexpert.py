@@ -226,7 +226,8 @@ class CheXpertDataModule(RetrievalDataModule):
 
         n_train, n_valid = self.phantom_patients
         write_phantom_atomic(self.data_root, lambda tmp: write_chexpert_phantom(
-            tmp, n_train, n_valid, folder_name=self.data_root.name), f"CheXpert phantom ({n_train} + {n_valid} patients)", "CheXpert", log)
+            tmp, n_train, n_valid, folder_name=self.data_root.name),
+            f"CheXpert phantom ({n_train} + {n_valid} patients)", "CheXpert", log)
 
     def _keep(self, row: CheXpertRow, projections) -> bool:
         return row.view in self.views and (row.view != "Frontal" or projections is None

@@ -46,7 +46,7 @@ def test_two_steps_in_one_fit(cx_root, tmp_path, one_thread):
             probes[trainer.current_epoch] = (weights(pl_module.classifier), weights(pl_module.finetuned))
 
     trainer = fit(model, cx_root, 2, tmp_path, extra=[Probe()])
-    (cls0, ft0), (cls1, ft1) = probes[0], probes[1]
+    (cls0, _), (cls1, ft1) = probes[0], probes[1]
     assert any(not torch.equal(start[k], cls0[k]) for k in start)               # step 1 trained the classifier
     assert all(torch.equal(cls0[k], cls1[k]) for k in cls0)                     # frozen in step 2 (BN stats too)
     assert any(not torch.equal(cls1[k], ft1[k]) for k in cls1 if "weight" in k)  # the copy moved

@@ -196,7 +196,8 @@ def write_chexpert_phantom(root: str | Path, n_train_patients: int = 80, n_valid
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(_jpeg(draw_radiograph(labels, study_anatomy, view == "lateral",
                                                            image_shape, rng)))
-                    rows.append([f"{folder_name}/{rel}", sex, age, view.capitalize(), projection if view == "frontal" else ""]
+                    rows.append([f"{folder_name}/{rel}", sex, age, view.capitalize(),
+                                 projection if view == "frontal" else ""]
                                 + [_fmt(labels[f]) for f in FINDINGS])
         with open(root / f"{split}.csv", "w", newline="") as f:
             writer = csv.writer(f)
