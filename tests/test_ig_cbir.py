@@ -1,10 +1,13 @@
 """IG-CBIR module: the two steps in one fit, the frozen step-1 model, the CNN baseline, checkpoints."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from callbacks import RetrievalEvaluation
+from callbacks.explained_retrieval import ExplainedRetrievalGrid
 from datamodules.chexpert import CheXpertDataModule
 from datamodules.synthetic.chexpert import write_chexpert_phantom
 from lightning_modules.components.saliency import normalise
@@ -45,7 +48,9 @@ def test_two_steps_in_one_fit(cx_root, tmp_path, one_thread):
         def on_train_epoch_end(self, trainer, pl_module):
             probes[trainer.current_epoch] = (weights(pl_module.classifier), weights(pl_module.finetuned))
 
-    trainer = fit(model, cx_root, 2, tmp_path, extra=[Probe()])
+    grid = ExplainedRetrievalGrid(n_queries=2, n_worst=0, k=3)
+    trainer = fit(model, cx_root, 2, tmp_path, extra=[grid, Probe()])
+    assert grid.last_path.endswith("explained_val_epoch001.png") and Path(grid.last_path).is_file()
     (cls0, _), (cls1, ft1) = probes[0], probes[1]
     assert any(not torch.equal(start[k], cls0[k]) for k in start)               # step 1 trained the classifier
     assert all(torch.equal(cls0[k], cls1[k]) for k in cls0)                     # frozen in step 2 (BN stats too)
