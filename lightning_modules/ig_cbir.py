@@ -140,7 +140,8 @@ class IGCBIR(RetrievalModule):
                 for i, m in zip(missing, maps):
                     if len(self._cache) < self.hparams.saliency_cache_size:
                         self._cache[keys[i]] = m.to(torch.float16).cpu()
-        hits = [i for i in range(len(images)) if i not in set(missing)]
+        computed = set(missing)
+        hits = [i for i in range(len(images)) if i not in computed]
         if hits:
             out[hits] = torch.stack([self._cache[keys[i]] for i in hits]).to(out)
         return out
