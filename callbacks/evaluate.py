@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from callbacks.pairwise import pairwise_topk
 from callbacks.relevance import Rule, SameLabel, get_relevance, is_binary
 from callbacks.retrieval_metrics import (
     average_precision_at_k,
@@ -119,7 +120,7 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
                        query_ids: ArrayLike | None = None, gallery_ids: ArrayLike | None = None,
                        query_groups: ArrayLike | None = None, gallery_groups: ArrayLike | None = None,
                        candidates: str = "all", query_chunk: int = 4096, gallery_chunk: int = 4096,
-                       return_neighbours: bool = False):
+                       return_neighbours: bool = False, pairwise_score=None):
     """Exact retrieval metrics (METRICS.md) as a flat dict: ``{metric}@{k}`` for each k in ``k_values``
     and each of ``metrics`` (mP, P, AP, nDCG [exp gain], nDCG_lin [linear gain], kNN [accuracy of the
     k-NN majority vote], kNN_F1 [its macro-F1 over the query classes]), plus the counts
@@ -134,6 +135,10 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
     number is ``n_queries_without_relevant``. kNN@K / kNN_F1@K are only computed for single-label integer
     labels (silently skipped for multi-label). With ``return_neighbours=True`` the result is
     ``(metrics, distances [Q, kmax], indices [Q, kmax])`` from the search, for figures.
+
+    ``pairwise_score(queries, gallery) -> [q, g]`` (a similarity, see ``callbacks.pairwise``) replaces the
+    embedding distance: the "embeddings" are then whatever per-item representation the scorer reads (e.g.
+    images), searched block by block by ``pairwise_topk`` with the same masks and tie rule.
     """
     bad = [m for m in metrics if m not in METRICS]
     if bad:
@@ -149,8 +154,12 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
     aux = {"query_ids": _tensor(query_ids, dev), "gallery_ids": _tensor(gallery_ids, dev),
            "query_groups": _tensor(query_groups, dev), "gallery_groups": _tensor(gallery_groups, dev),
            "candidates": candidates}
-    dist, idx = exact_topk(q_emb, g_emb, ks[-1], distance, query_chunk=query_chunk,
-                           gallery_chunk=gallery_chunk, **aux)
+    if pairwise_score is None:
+        dist, idx = exact_topk(q_emb, g_emb, ks[-1], distance, query_chunk=query_chunk,
+                               gallery_chunk=gallery_chunk, **aux)
+    else:
+        dist, idx = pairwise_topk(q_emb, g_emb, ks[-1], pairwise_score, query_chunk=query_chunk,
+                                  gallery_chunk=gallery_chunk, **aux)
     ranked = retrieved_relevance(rule, q_lab, g_lab, idx)
     n_rel, ideal = relevant_candidates(rule, q_lab, g_lab, ks[-1], query_chunk=query_chunk,
                                        gallery_chunk=gallery_chunk, **aux)

@@ -9,10 +9,12 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
+from callbacks.catalogue import CatalogueProtocol
 from callbacks.distributed import embed_dataset
 from callbacks.evaluate import evaluate_retrieval, retrieved_relevance
 from callbacks.io import run_dir, update_json
 from callbacks.provenance import evaluation_section
+from callbacks.pairwise import pairwise_scorer
 from callbacks.relevance import get_relevance
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ class RetrievalEvaluation(Callback):
             ``kNN``), definitions in ``callbacks.retrieval_metrics`` / METRICS.md.
         candidate_sets: ``all`` (keys ``val/mP@5``), ``same_patient`` / ``cross_patient`` (keys
             ``val/same_patient/AP@10``...), restricting the gallery by ``group_key``.
+        protocols: ``all_queries`` (every query searches the gallery, the keys above) and/or ``paper``
+            (IG-CBIR's seeded catalogues drawn from the query split, ``callbacks.catalogue``; keys
+            ``val/paper/P@cat10`` ...); ``catalogue``: that protocol's settings (``CatalogueProtocol``).
+        distance ``pairwise`` (or a module whose ``search_space`` is ``pairwise``): the module's
+            ``pairwise_score`` ranks the gallery instead of an embedding distance (``callbacks.pairwise``).
 
     Under DDP every rank embeds its shard, all ranks gather and de-duplicate by dataset index, then compute
     the same numbers, so ``ModelCheckpoint(monitor="val/mP@5")`` works on any rank. Validation and test
@@ -63,12 +70,18 @@ class RetrievalEvaluation(Callback):
                  metrics: list[str] = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN"),
                  candidate_sets: list[str] = ("all",), label_key: str = "label", group_key: str = "patient_id",
                  every_n_epochs: int = 1, batch_size: int | None = None,
-                 metrics_filename: str = "metrics.json"):
+                 metrics_filename: str = "metrics.json", protocols: list[str] = ("all_queries",),
+                 catalogue: dict | None = None):
         unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
         if unknown:
             raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs={every_n_epochs}: expected >= 1")
+        bad = [p for p in protocols if p not in ("all_queries", "paper")] or ([] if protocols else ["(none)"])
+        if bad:
+            raise ValueError(f"protocols {bad}: expected a non-empty list of all_queries, paper")
+        self.protocols = list(protocols)
+        self.catalogue = CatalogueProtocol(**(catalogue or {}))
         self.gallery_split = gallery_split
         self.query_splits = {"val": val_query_split, "test": test_query_split}
         self.relevance = relevance
@@ -99,11 +112,13 @@ class RetrievalEvaluation(Callback):
         query_split = self.query_splits[stage]
         queries = self._embed(trainer, pl_module, query_split)
         loo = self.gallery_split is None or self.gallery_split == query_split
-        gallery = queries if loo else self._embed(trainer, pl_module, self.gallery_split)
+        all_queries = "all_queries" in self.protocols
+        gallery = queries if loo or not all_queries else self._embed(trainer, pl_module, self.gallery_split)
         distance = self.distance or getattr(pl_module, "search_space", "cosine")
+        scorer = pairwise_scorer(pl_module, distance)
         results: dict[str, float] = {}
         counts: dict[str, float] = {}
-        for name in self.candidate_sets:
+        for name in self.candidate_sets if all_queries else []:
             candidates, infix = CANDIDATE_SETS[name]
             needs_groups = candidates != "all"
             values, distances, indices = evaluate_retrieval(
@@ -112,7 +127,7 @@ class RetrievalEvaluation(Callback):
                 query_ids=queries["index"] if loo else None, gallery_ids=gallery["index"] if loo else None,
                 query_groups=queries[self.group_key] if needs_groups else None,
                 gallery_groups=gallery[self.group_key] if needs_groups else None, candidates=candidates,
-                return_neighbours=True)
+                return_neighbours=True, pairwise_score=scorer)
             for key, value in values.items():
                 target = counts if key.startswith("n_") else results
                 target[f"{stage}/{infix}{key}"] = float(value)
@@ -122,6 +137,11 @@ class RetrievalEvaluation(Callback):
                     retrieved_relevance(get_relevance(self.relevance), torch.as_tensor(queries[self.label_key]),
                                         torch.as_tensor(gallery[self.label_key]), indices),
                     trainer.current_epoch)
+        if "paper" in self.protocols and stage in self.catalogue.stages:
+            paths = getattr(trainer.datamodule, "paths", None)
+            results.update({f"{stage}/{k}": v for k, v in self.catalogue.evaluate(
+                queries["embedding"], queries[self.label_key], paths and (lambda: paths(query_split)),
+                distance, scorer).items()})
         self._write(trainer, stage, {**results, **counts}, query_split, distance)
         return results
 
@@ -132,7 +152,7 @@ class RetrievalEvaluation(Callback):
         if trainer.is_global_zero:
             protocol = {"query_split": query_split, "gallery_split": self.gallery_split or "leave-one-out",
                         "relevance": self.relevance, "distance": distance, "k_values": self.k_values,
-                        "candidate_sets": self.candidate_sets}
+                        "candidate_sets": self.candidate_sets, "protocols": self.protocols}
             section = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                        "protocol": protocol, "metrics": values, **evaluation_section(trainer)}
             update_json(folder / self.metrics_filename, stage, section)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 DISTANCES = ("cosine", "euclidean", "hamming")
 CANDIDATES = ("all", "same_group", "other_group")
+SIMILARITY = "similarity"  # scores of a pairwise scorer (callbacks.pairwise): distance = -score
 Prepared = tuple[Tensor, Tensor | None]
 
 
@@ -51,7 +52,9 @@ def score_block(q: Prepared, g: Prepared, distance: str, out: Tensor | None = No
 
 def finish(score: Tensor, q: Prepared, distance: str) -> Tensor:
     """In place, scores of the query rows of ``q`` -> distances (monotone decreasing per row):
-    cosine 1 - s; hamming (D - s) / 2 on +-1 codes; euclidean sqrt(max(|q|^2 - s, 0))."""
+    cosine 1 - s; hamming (D - s) / 2 on +-1 codes; euclidean sqrt(max(|q|^2 - s, 0)); similarity -s."""
+    if distance == SIMILARITY:
+        return score.neg_()
     if distance == "cosine":
         return score.neg_().add_(1.0)
     if distance == "hamming":

@@ -10,6 +10,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "base": ("RetrievalDataModule", "TransformedDataset"),
     "cache": ("cache_key", "ensure_data_root", "file_stats", "load_npz", "npz_cached", "save_npz_atomic",
               "write_phantom_atomic"),
+    "chexpert": ("CheXpertDataModule", "CheXpertRow", "apply_uncertainty", "read_chexpert_csv", "read_radiograph"),
     "decathlon_liver": ("DecathlonLiverDataModule", "LiverVolume", "choose_slices", "load_nifti",
                         "read_decathlon_index", "resize_slices", "to_display"),
     "deeplesion": ("DeepLesionDataModule", "LesionRow", "lesion_crop", "read_dl_info", "read_hu_png"),

@@ -65,6 +65,8 @@ def deeplesion_root(tmp_path_factory) -> Path:
 def tiny_args(config: Path, run_dir: Path, phantom_root: Path, deeplesion_root: Path) -> List[str]:
     """Tiny overrides for any runnable config, by its dataset family (and the VAE's input size)."""
     text = Path(config).read_text()
+    if "CheXpertDataModule" in text:
+        return chexpert_tiny_args(text, run_dir)
     if "DeepLesionDataModule" in text:
         args = [f"--data.init_args.data_root={deeplesion_root}", "--data.init_args.crop_size=32",
                 "--data.init_args.num_workers=0", "--data.init_args.batch_size=16",
@@ -89,3 +91,18 @@ def read_metrics(run_dir: Path) -> dict:
     found = sorted(run_dir.rglob("metrics.json"))
     assert len(found) == 1, found
     return json.loads(found[0].read_text())
+
+
+def chexpert_tiny_args(config_text: str, run_dir: Path) -> List[str]:
+    """A small CheXpert phantom written on first use inside ``run_dir``, 32 px, tiny DenseNet for IG-CBIR
+    (``classifier_epochs=0``: the run goes straight to step 2, the saliency path)."""
+    args = [f"--data.init_args.data_root={run_dir / 'CheXpert-v1.0-small'}",
+            "--data.init_args.synthesize_if_missing=true",
+            "--data.init_args.phantom_train_patients=10", "--data.init_args.phantom_valid_patients=12",
+            "--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--data.init_args.batch_size=16",
+            "--data.init_args.val_fraction=0.3", f"--data.init_args.cache_dir={run_dir / 'cache'}",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run_dir}",
+            f"--trainer.logger.init_args.save_dir={run_dir}"]
+    if "lightning_modules.ig_cbir.IGCBIR" in config_text:
+        args += ["--model.init_args.architecture=densenet_tiny", "--model.init_args.classifier_epochs=0"]
+    return args

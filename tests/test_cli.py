@@ -17,7 +17,8 @@ def run_cli(*args):
 
 def test_there_are_phantom_configs():
     assert {"simsiam_hu_phantom.yaml", "simsiam_phantom.yaml", "simclr_gem_phantom.yaml", "simclr_phantom.yaml",
-            "simclr_gem_finetune_phantom.yaml", "vae_phantom.yaml"} <= {p.name for p in PHANTOM_CONFIGS}
+            "simclr_gem_finetune_phantom.yaml", "vae_phantom.yaml", "ig_cbir_phantom.yaml",
+            "ssim_phantom.yaml"} <= {p.name for p in PHANTOM_CONFIGS}
 
 
 @pytest.mark.parametrize("config", PHANTOM_CONFIGS, ids=lambda p: p.stem)
