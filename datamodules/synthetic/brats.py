@@ -87,14 +87,14 @@ def _tumour(rng: np.random.Generator, world: np.ndarray, tissue: np.ndarray) -> 
     z_ok[:, :, shape[2] // 5: shape[2] - shape[2] // 5] = True
     candidates = np.argwhere(inside & z_ok)
     centre = world[(slice(None), *candidates[rng.integers(len(candidates))])]
-    radius = rng.uniform(7.0, 24.0)                                         # enhancing outer radius, mm
+    radius = rng.uniform(8.0, 28.0)                                         # enhancing outer radius, mm
     axes = radius * rng.uniform(0.6, 1.4, size=3) * np.array([1.0, 1.0, 0.8])
     rot = _rotation(rng, (30.0, 30.0, 180.0))
     rel = np.einsum("ij,j...->i...", rot.T, world - centre[:, None, None, None])
     level = np.sqrt(((rel / axes[:, None, None, None]) ** 2).sum(0))
     lobes = smooth_field(rng, shape[::-1], (3, 4, 4)).transpose(2, 1, 0)    # irregular boundary
     level = level * (1.0 + 0.3 * lobes)
-    necrosis = rng.uniform(0.35, 0.75) if radius > 11 else rng.uniform(0.0, 0.5)
+    necrosis = rng.uniform(0.35, 0.75) if radius > 12 else rng.uniform(0.0, 0.5)
     oedema = rng.uniform(1.35, 2.3)
     labels = np.zeros(shape, np.uint8)
     brain = tissue.sum(0) > 0.5
@@ -117,14 +117,15 @@ def brats_phantom(shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0, pat
     affine[:3, 3] = FOV_CENTRE - affine[:3, :3] @ ((np.array(shape) - 1) / 2)
     ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     world = np.einsum("ij,j...->i...", affine[:3, :3], ijk) + affine[:3, 3, None, None, None]
-    # Patient anatomy: MNI warped by a random affine (size, rotation, shift) and a smooth displacement.
-    scale = rng.uniform(0.9, 1.1, size=3)
-    warp = _rotation(rng, (4.0, 4.0, 8.0)) * scale
-    shift = rng.uniform(-5, 5, size=3)
+    # Patient anatomy: MNI warped by a random affine (size, rotation, shift) and a smooth displacement; mild,
+    # as BraTS volumes are registered to one atlas (SRI24).
+    scale = rng.uniform(0.95, 1.05, size=3)
+    warp = _rotation(rng, (2.0, 2.0, 4.0)) * scale
+    shift = rng.uniform(-3, 3, size=3)
     src = np.einsum("ij,j...->i...", warp, world - FOV_CENTRE[:, None, None, None])
     src = src + (FOV_CENTRE + shift)[:, None, None, None]
     for axis in range(3):
-        src[axis] += 4.0 * smooth_field(rng, shape[::-1], (3, 4, 4)).transpose(2, 1, 0)
+        src[axis] += 2.5 * smooth_field(rng, shape[::-1], (3, 4, 4)).transpose(2, 1, 0)
     vox = np.einsum("ij,j...->i...", np.linalg.inv(mni_affine)[:3, :3], src)
     vox = vox + np.linalg.inv(mni_affine)[:3, 3, None, None, None]
     tissue = np.stack([map_coordinates(p, vox, order=1, mode="constant", cval=0.0) for p in probs])
