@@ -130,7 +130,12 @@ def select_slices(areas: np.ndarray, n: int, mode: str = "largest") -> np.ndarra
 
 
 def resize_stack(x: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """[k, H, W] -> [k, size, size] with MONAI (``area`` / ``bilinear`` for images, ``nearest`` for masks)."""
+    """[k, H, W] -> [k, size, size]: padded to a square with 0 (background), centred, then resized with MONAI
+    (``area`` / ``bilinear`` for images, ``nearest`` for masks)."""
+    h, w = x.shape[1:]
+    if h != w:
+        side = max(h, w)
+        x = np.pad(x, [(0, 0), ((side - h) // 2, (side - h + 1) // 2), ((side - w) // 2, (side - w + 1) // 2)])
     if x.shape[1:] == (size, size):
         return x
     if mode != "nearest":

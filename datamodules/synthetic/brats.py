@@ -104,8 +104,10 @@ def _tumour(rng: np.random.Generator, world: np.ndarray, tissue: np.ndarray) -> 
     return labels
 
 
-def brats_phantom(shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0, patient: int = 0):
-    """One patient: ({sequence: float32 volume}, seg uint8 (0/1/2/4), affine), arrays (x, y, z).
+def brats_phantom(shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0, patient: int = 0,
+                  with_tissue: bool = False):
+    """One patient: ({sequence: float32 volume}, seg uint8 (0/1/2/4), affine), arrays (x, y, z); with
+    ``with_tissue`` also the CSF / grey / white matter probabilities [3, x, y, z] of the warped template.
 
     Affine diag(-s, -s, s) (x to the patient's left, y to posterior, z to superior, as in BraTS). The
     sequences are keyed by the 2021 names (t1, t1ce, t2, flair). Deterministic in (seed, patient).
@@ -150,7 +152,7 @@ def brats_phantom(shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0, pat
         gain = rng.uniform(300.0, 900.0)
         volumes[name] = np.where(brain, np.clip(img, 0.0, None) * gain, 0.0).astype(np.float32)
     seg[~brain] = 0
-    return volumes, seg, affine
+    return (volumes, seg, affine, tissue) if with_tissue else (volumes, seg, affine)
 
 
 def case_ids(n_patients: int, seed: int = 0) -> list[int]:
