@@ -58,6 +58,10 @@ class SupCon(RetrievalModule):
         backbone: timm CNN (poster: ``resnet18``), built with 1 input channel.
         pretrained: local weights file (e.g. ImageNet ResNet-18; timm sums the first convolution over RGB),
             or None (from scratch).
+        zero_init_residual: keep timm's zero initialisation of the last BatchNorm of each residual block when
+            training from scratch (Goyal et al.). Off by default (torchvision's convention): with it, an
+            untrained ResNet maps small slices whose corners are background to an all-zero embedding (its
+            stride-2 1x1 shortcuts only see the corners), a degenerate "untrained" baseline.
         freeze_encoder: keep the encoder fixed (in eval mode, no gradient): with ``pretrained`` this is the
             poster's "frozen ImageNet, no training" baseline (only the projection head trains, retrieval is
             unchanged).
@@ -77,7 +81,8 @@ class SupCon(RetrievalModule):
 
     search_space = "cosine"
 
-    def __init__(self, backbone: str = "resnet18", pretrained: Optional[str] = None, freeze_encoder: bool = False,
+    def __init__(self, backbone: str = "resnet18", pretrained: Optional[str] = None,
+                 zero_init_residual: bool = False, freeze_encoder: bool = False,
                  proj_hidden_dim: int = 512, proj_dim: int = 128, temperature: float = 0.07,
                  loss_implementation: str = "pml", positives: str = "patient", gather_distributed: bool = True,
                  recon_weight: float = 0.0, recon_size: int = 64, augment: bool = True,
@@ -96,6 +101,12 @@ class SupCon(RetrievalModule):
         if recon_weight < 0:
             raise ValueError(f"model.recon_weight={recon_weight}: expected >= 0 (0 = no reconstruction)")
         self.encoder = create_backbone(backbone, pretrained, in_chans=1)
+        if not pretrained and not zero_init_residual:
+            for block in self.encoder.modules():
+                if hasattr(block, "zero_init_last"):   # timm residual blocks: last BN gamma back to 1
+                    last = getattr(block, "bn3", None) or getattr(block, "bn2", None)
+                    if getattr(last, "weight", None) is not None:
+                        nn.init.ones_(last.weight)
         dim = self.encoder.num_features
         self.projector = nn.Sequential(nn.Linear(dim, proj_hidden_dim), nn.BatchNorm1d(proj_hidden_dim),
                                        nn.ReLU(inplace=True), nn.Linear(proj_hidden_dim, proj_dim))

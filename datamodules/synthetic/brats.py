@@ -78,13 +78,15 @@ def _rotation(rng: np.random.Generator, max_deg: tuple[float, float, float]) -> 
     return out
 
 
-def _tumour(rng: np.random.Generator, world: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+def _tumour(rng: np.random.Generator, world: np.ndarray, tissue: np.ndarray,
+            z_range: tuple[float, float] = (0.2, 0.8)) -> np.ndarray:
     """Labels (0/1/2/4) of one irregular tumour in a grid of world coordinates [3, X, Y, Z] (mm)."""
     inside = tissue[1] + tissue[2] > 0.5                 # grey or white matter
     shape = inside.shape
     # centre: a parenchyma voxel of a middle slice range, kept away from the brain edge
     z_ok = np.zeros(shape, bool)
-    z_ok[:, :, shape[2] // 5: shape[2] - shape[2] // 5] = True
+    lo, hi = int(z_range[0] * shape[2]), max(int(z_range[0] * shape[2]) + 1, int(round(z_range[1] * shape[2])))
+    z_ok[:, :, lo:hi] = True
     candidates = np.argwhere(inside & z_ok)
     centre = world[(slice(None), *candidates[rng.integers(len(candidates))])]
     radius = rng.uniform(8.0, 28.0)                                         # enhancing outer radius, mm
@@ -105,9 +107,14 @@ def _tumour(rng: np.random.Generator, world: np.ndarray, tissue: np.ndarray) -> 
 
 
 def brats_phantom(shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0, patient: int = 0,
-                  with_tissue: bool = False):
+                  with_tissue: bool = False, anatomy_variation: float = 0.5,
+                  tumour_z: tuple[float, float] = (0.35, 0.65)):
     """One patient: ({sequence: float32 volume}, seg uint8 (0/1/2/4), affine), arrays (x, y, z); with
     ``with_tissue`` also the CSF / grey / white matter probabilities [3, x, y, z] of the warped template.
+    ``anatomy_variation`` scales the per-patient warp (0: every patient has the template's anatomy);
+    ``tumour_z`` is the range of the tumour centre along z (fractions of the slab). The defaults keep the
+    best slices of different patients at similar anatomical levels, so that the cue shared by the four
+    sequences of a slice is mostly the tumour, not the level of the slice.
 
     Affine diag(-s, -s, s) (x to the patient's left, y to posterior, z to superior, as in BraTS). The
     sequences are keyed by the 2021 names (t1, t1ce, t2, flair). Deterministic in (seed, patient).
@@ -121,19 +128,20 @@ def brats_phantom(shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0, pat
     world = np.einsum("ij,j...->i...", affine[:3, :3], ijk) + affine[:3, 3, None, None, None]
     # Patient anatomy: MNI warped by a random affine (size, rotation, shift) and a smooth displacement; mild,
     # as BraTS volumes are registered to one atlas (SRI24).
-    scale = rng.uniform(0.95, 1.05, size=3)
-    warp = _rotation(rng, (2.0, 2.0, 4.0)) * scale
-    shift = rng.uniform(-3, 3, size=3)
+    v = float(anatomy_variation)
+    scale = 1.0 + v * rng.uniform(-0.05, 0.05, size=3)
+    warp = _rotation(rng, (2.0 * v, 2.0 * v, 4.0 * v)) * scale
+    shift = v * rng.uniform(-3, 3, size=3)
     src = np.einsum("ij,j...->i...", warp, world - FOV_CENTRE[:, None, None, None])
     src = src + (FOV_CENTRE + shift)[:, None, None, None]
     for axis in range(3):
-        src[axis] += 2.5 * smooth_field(rng, shape[::-1], (3, 4, 4)).transpose(2, 1, 0)
+        src[axis] += 2.5 * v * smooth_field(rng, shape[::-1], (3, 4, 4)).transpose(2, 1, 0)
     vox = np.einsum("ij,j...->i...", np.linalg.inv(mni_affine)[:3, :3], src)
     vox = vox + np.linalg.inv(mni_affine)[:3, 3, None, None, None]
     tissue = np.stack([map_coordinates(p, vox, order=1, mode="constant", cval=0.0) for p in probs])
     tissue = np.clip(tissue, 0.0, 1.0).astype(np.float32)
     brain = tissue.sum(0) > 0.3
-    seg = _tumour(rng, world, tissue)
+    seg = _tumour(rng, world, tissue, tumour_z)
     # Tissue fractions of each voxel: tumour classes replace the normal tissue they occupy.
     fractions = np.zeros((6, *shape), np.float32)
     fractions[:3] = tissue / np.maximum(tissue.sum(0), 1e-6)
@@ -176,7 +184,8 @@ def case_files(root: Path, case: int, naming: str = "2021") -> tuple[Path, dict[
 
 
 def write_brats_phantom(root: str | Path, n_patients: int = 60, shape: tuple[int, int, int] = (64, 64, 24),
-                        seed: int = 0, naming: str = "2021") -> Path:
+                        seed: int = 0, naming: str = "2021", anatomy_variation: float = 0.5,
+                        tumour_z: tuple[float, float] = (0.35, 0.65)) -> Path:
     """Write ``n_patients`` synthetic cases under ``root`` in the BraTS layout; returns ``root``.
 
     Images are int16 (like the released files), the segmentation uint8 with labels 0/1/2/4 (2023 naming:
@@ -186,7 +195,8 @@ def write_brats_phantom(root: str | Path, n_patients: int = 60, shape: tuple[int
     if n_patients < 1:
         raise ValueError(f"n_patients={n_patients}: expected >= 1")
     for case in case_ids(n_patients, seed):
-        volumes, seg, affine = brats_phantom(tuple(shape), seed, case)
+        volumes, seg, affine = brats_phantom(tuple(shape), seed, case, anatomy_variation=anatomy_variation,
+                                             tumour_z=tumour_z)
         folder, files = case_files(root, case, naming)
         folder.mkdir(parents=True, exist_ok=True)
         for name, vol in volumes.items():
