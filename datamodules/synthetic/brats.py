@@ -108,7 +108,7 @@ def _tumour(rng: np.random.Generator, world: np.ndarray, tissue: np.ndarray,
 
 def brats_phantom(shape: tuple[int, int, int] = (64, 64, 24), seed: int = 0, patient: int = 0,
                   with_tissue: bool = False, anatomy_variation: float = 0.5,
-                  tumour_z: tuple[float, float] = (0.35, 0.65)):
+                  tumour_z: tuple[float, float] = (0.45, 0.55)):
     """One patient: ({sequence: float32 volume}, seg uint8 (0/1/2/4), affine), arrays (x, y, z); with
     ``with_tissue`` also the CSF / grey / white matter probabilities [3, x, y, z] of the warped template.
     ``anatomy_variation`` scales the per-patient warp (0: every patient has the template's anatomy);
@@ -185,7 +185,7 @@ def case_files(root: Path, case: int, naming: str = "2021") -> tuple[Path, dict[
 
 def write_brats_phantom(root: str | Path, n_patients: int = 60, shape: tuple[int, int, int] = (64, 64, 24),
                         seed: int = 0, naming: str = "2021", anatomy_variation: float = 0.5,
-                        tumour_z: tuple[float, float] = (0.35, 0.65)) -> Path:
+                        tumour_z: tuple[float, float] = (0.45, 0.55)) -> Path:
     """Write ``n_patients`` synthetic cases under ``root`` in the BraTS layout; returns ``root``.
 
     Images are int16 (like the released files), the segmentation uint8 with labels 0/1/2/4 (2023 naming:
