@@ -136,6 +136,8 @@ class RetrievalEvaluation(Callback):
             protocol = {"query_split": query_split, "gallery_split": self.gallery_split or "leave-one-out",
                         "relevance": self.relevance, "distance": distance, "k_values": self.k_values,
                         "candidate_sets": self.candidate_sets}
+            if self.relevance_args:
+                protocol["relevance_args"] = self.relevance_args
             section = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                        "protocol": protocol, "metrics": values}
             update_json(folder / self.metrics_filename, stage, section)
