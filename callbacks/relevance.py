@@ -59,3 +59,29 @@ def get_relevance(name_or_rule: str | Rule) -> Rule:
 def is_binary(rule: Rule) -> bool:
     return bool(getattr(rule, "binary", False))
 
+
+
+def make_relevance(name_or_rule: str | Rule, args: dict | None = None, datamodule=None) -> Rule:
+    """:func:`get_relevance` with keyword ``args`` for a named rule's constructor (``relevance_args`` in a
+    config); a rule with ``bind`` (e.g. ``visual_similarity``) then takes what it needs from the DataModule
+    (the layout of the per-item ``attributes``)."""
+    if isinstance(name_or_rule, str) and args:
+        get_relevance(name_or_rule)  # unknown names: the usual error
+        try:
+            rule = RULES[name_or_rule](**args)
+        except TypeError as err:
+            raise ValueError(f"relevance_args={args!r} do not fit relevance {name_or_rule!r}: {err}") from err
+    else:
+        rule = get_relevance(name_or_rule)
+    if datamodule is not None and hasattr(rule, "bind"):
+        rule = rule.bind(datamodule)
+    return rule
+
+
+def _register_visual_similarity() -> None:
+    from callbacks.visual_similarity import VisualSimilarity
+
+    RULES["visual_similarity"] = VisualSimilarity
+
+
+_register_visual_similarity()

@@ -13,9 +13,9 @@ from callbacks.catalogue import CatalogueProtocol
 from callbacks.distributed import embed_dataset
 from callbacks.evaluate import evaluate_retrieval, retrieved_relevance
 from callbacks.io import run_dir, update_json
-from callbacks.provenance import evaluation_section
 from callbacks.pairwise import pairwise_scorer
-from callbacks.relevance import get_relevance
+from callbacks.provenance import evaluation_section
+from callbacks.relevance import make_relevance
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ class RetrievalEvaluation(Callback):
             ``None`` = leave-one-out inside the query split (the query itself is never retrieved).
         val_query_split / test_query_split: splits giving the queries in validation and test.
         relevance: ``same_label``, ``label_overlap`` (multi-label, shares >= 1 finding) or
-            ``shared_label_count`` (graded), see ``callbacks.relevance``.
+            ``shared_label_count`` (graded), see ``callbacks.relevance``; ``visual_similarity`` (graded, from
+            per-item attributes: set ``label_key: attributes``, see ``callbacks.visual_similarity``).
+        relevance_args: keyword arguments of the named relevance rule (e.g. visual_similarity's ``terms``).
         distance: ``cosine``, ``euclidean`` or ``hamming``; None = the module's ``search_space``.
         k_values, metrics: cut-offs and metric families (``mP``, ``P``, ``AP``, ``nDCG``, ``nDCG_lin``,
             ``kNN``), definitions in ``callbacks.retrieval_metrics`` / METRICS.md.
@@ -71,7 +73,7 @@ class RetrievalEvaluation(Callback):
                  candidate_sets: list[str] = ("all",), label_key: str = "label", group_key: str = "patient_id",
                  every_n_epochs: int = 1, batch_size: int | None = None,
                  metrics_filename: str = "metrics.json", protocols: list[str] = ("all_queries",),
-                 catalogue: dict | None = None):
+                 catalogue: dict | None = None, relevance_args: dict | None = None):
         unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
         if unknown:
             raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
@@ -85,6 +87,7 @@ class RetrievalEvaluation(Callback):
         self.gallery_split = gallery_split
         self.query_splits = {"val": val_query_split, "test": test_query_split}
         self.relevance = relevance
+        self.relevance_args = dict(relevance_args or {})
         self.distance = distance
         self.k_values = sorted(set(int(k) for k in k_values))
         self.metrics = list(metrics)
@@ -116,6 +119,7 @@ class RetrievalEvaluation(Callback):
         gallery = queries if loo or not all_queries else self._embed(trainer, pl_module, self.gallery_split)
         distance = self.distance or getattr(pl_module, "search_space", "cosine")
         scorer = pairwise_scorer(pl_module, distance)
+        rule = make_relevance(self.relevance, self.relevance_args, trainer.datamodule)
         results: dict[str, float] = {}
         counts: dict[str, float] = {}
         for name in self.candidate_sets if all_queries else []:
@@ -123,7 +127,7 @@ class RetrievalEvaluation(Callback):
             needs_groups = candidates != "all"
             values, distances, indices = evaluate_retrieval(
                 queries["embedding"], gallery["embedding"], queries[self.label_key], gallery[self.label_key],
-                k_values=self.k_values, distance=distance, relevance=self.relevance, metrics=self.metrics,
+                k_values=self.k_values, distance=distance, relevance=rule, metrics=self.metrics,
                 query_ids=queries["index"] if loo else None, gallery_ids=gallery["index"] if loo else None,
                 query_groups=queries[self.group_key] if needs_groups else None,
                 gallery_groups=gallery[self.group_key] if needs_groups else None, candidates=candidates,
@@ -134,7 +138,7 @@ class RetrievalEvaluation(Callback):
             if name == self.candidate_sets[0]:
                 self.neighbours[stage] = Neighbours(
                     query_split, query_split if loo else self.gallery_split, distance, distances, indices,
-                    retrieved_relevance(get_relevance(self.relevance), torch.as_tensor(queries[self.label_key]),
+                    retrieved_relevance(rule, torch.as_tensor(queries[self.label_key]),
                                         torch.as_tensor(gallery[self.label_key]), indices),
                     trainer.current_epoch)
         if "paper" in self.protocols and stage in self.catalogue.stages:
@@ -153,6 +157,8 @@ class RetrievalEvaluation(Callback):
             protocol = {"query_split": query_split, "gallery_split": self.gallery_split or "leave-one-out",
                         "relevance": self.relevance, "distance": distance, "k_values": self.k_values,
                         "candidate_sets": self.candidate_sets, "protocols": self.protocols}
+            if self.relevance_args:
+                protocol["relevance_args"] = self.relevance_args
             section = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                        "protocol": protocol, "metrics": values, **evaluation_section(trainer)}
             update_json(folder / self.metrics_filename, stage, section)

@@ -42,10 +42,11 @@ class LiverVolume:
     label: Path
 
 
-def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_nifti(path: Path, archive: str = "the Task03_Liver archive") -> tuple[np.ndarray, np.ndarray]:
     """Decode one NIfTI volume: (array with the header's scaling applied, 4x4 affine).
 
-    Raises ValueError naming the file when it is corrupt or truncated (nibabel/gzip errors vary).
+    Raises ValueError naming the file when it is corrupt or truncated (nibabel/gzip errors vary), or not 3-D;
+    the message tells to re-extract it from ``archive``.
     """
     try:
         img = nib.load(str(path))
@@ -54,11 +55,11 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as err:
         raise ValueError(f"{path}: cannot decode the NIfTI volume ({type(err).__name__}: {err}); the file is "
-                         f"corrupt or truncated, re-extract it from the Task03_Liver archive") from err
+                         f"corrupt or truncated, re-extract it from {archive}") from err
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D CT volume (x, y, z), got shape {data.shape}")
+        raise ValueError(f"{path}: expected a 3-D volume (x, y, z), got shape {data.shape}")
     return data, img.affine
 
 

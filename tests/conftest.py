@@ -62,11 +62,32 @@ def deeplesion_root(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_args(config: Path, run_dir: Path, phantom_root: Path, deeplesion_root: Path) -> List[str]:
+@pytest.fixture(scope="session")
+def brats_root(tmp_path_factory) -> Path:
+    """A tiny BraTS phantom: 20 cases of 32 x 32 x 12 voxels (4 sequences + seg)."""
+    from datamodules.synthetic.brats import write_brats_phantom
+
+    return write_brats_phantom(tmp_path_factory.mktemp("brats") / "BraTS2021", n_patients=20, shape=(32, 32, 12))
+
+
+def brats_args(run_dir: Path, brats_root: Path) -> List[str]:
+    """CLI arguments shrinking a BraTS config: 32 px slices, 6 validation patients (24 images >= k = 20)."""
+    return [f"--data.init_args.data_root={brats_root}", "--data.init_args.image_size=32",
+            "--data.init_args.attribute_mask_size=32", "--data.init_args.val_fraction=0.3",
+            "--data.init_args.test_fraction=0.3", "--data.init_args.num_workers=0", "--data.init_args.batch_size=4",
+            f"--data.init_args.cache_dir={run_dir / 'cache'}", "--model.init_args.recon_size=32",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run_dir}",
+            f"--trainer.logger.init_args.save_dir={run_dir}"]
+
+
+def tiny_args(config: Path, run_dir: Path, phantom_root: Path, deeplesion_root: Path,
+              brats_root: Path | None = None) -> List[str]:
     """Tiny overrides for any runnable config, by its dataset family (and the VAE's input size)."""
     text = Path(config).read_text()
     if "CheXpertDataModule" in text:
         return chexpert_tiny_args(text, run_dir)
+    if "BraTSDataModule" in text:
+        return brats_args(run_dir, brats_root)
     if "DeepLesionDataModule" in text:
         args = [f"--data.init_args.data_root={deeplesion_root}", "--data.init_args.crop_size=32",
                 "--data.init_args.num_workers=0", "--data.init_args.batch_size=16",

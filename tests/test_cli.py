@@ -22,8 +22,8 @@ def test_there_are_phantom_configs():
 
 
 @pytest.mark.parametrize("config", PHANTOM_CONFIGS, ids=lambda p: p.stem)
-def test_smoke_fit_every_phantom_config(config, phantom_root, deeplesion_root, tmp_path):
-    args = tiny_args(config, tmp_path, phantom_root, deeplesion_root)
+def test_smoke_fit_every_phantom_config(config, phantom_root, deeplesion_root, brats_root, tmp_path):
+    args = tiny_args(config, tmp_path, phantom_root, deeplesion_root, brats_root)
     run_cli("fit", "--config", config, *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2")
     metrics = read_metrics(tmp_path)["val"]["metrics"]
     for key in monitored_keys(config):

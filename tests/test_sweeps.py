@@ -47,7 +47,7 @@ def test_every_config_has_a_sweep():
 
 
 @pytest.mark.parametrize("sweep_file", SWEEPS, ids=lambda p: p.stem)
-def test_sweep_runs_through_the_cli(sweep_file, phantom_root, deeplesion_root, tmp_path, monkeypatch):
+def test_sweep_runs_through_the_cli(sweep_file, phantom_root, deeplesion_root, brats_root, tmp_path, monkeypatch):
     sweep = yaml.safe_load(sweep_file.read_text())
     values = {name: sample(spec, random.Random(0)) for name, spec in sweep["parameters"].items()}
     argv = agent_argv(sweep, values)
@@ -56,7 +56,7 @@ def test_sweep_runs_through_the_cli(sweep_file, phantom_root, deeplesion_root, t
     assert (CONFIGS.parents[1] / config).is_file(), config
     monkeypatch.chdir(CONFIGS.parents[1])
     monkeypatch.setenv("WANDB_MODE", "disabled")  # no W&B service needed in CI; the logger path is exercised
-    cli = RetrievalCLI(args=[*argv[3:], *tiny_args(config, tmp_path, phantom_root, deeplesion_root),
+    cli = RetrievalCLI(args=[*argv[3:], *tiny_args(config, tmp_path, phantom_root, deeplesion_root, brats_root),
                              "--trainer.max_epochs=1",
                              "--trainer.limit_train_batches=2"])
     for name, value in values.items():
