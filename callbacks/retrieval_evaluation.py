@@ -13,6 +13,7 @@ from callbacks.distributed import embed_dataset
 from callbacks.evaluate import evaluate_retrieval, retrieved_relevance
 from callbacks.io import run_dir, update_json
 from callbacks.relevance import get_relevance
+from callbacks.validation import check_policy, metric_keys, nan_metrics, screen_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class RetrievalEvaluation(Callback):
             ``kNN``), definitions in ``callbacks.retrieval_metrics`` / METRICS.md.
         candidate_sets: ``all`` (keys ``val/mP@5``), ``same_patient`` / ``cross_patient`` (keys
             ``val/same_patient/AP@10``...), restricting the gallery by ``group_key``.
+        non_finite: NaN / inf embeddings are never ranked. ``error`` (default) stops with a message naming
+            the split and the number of items; ``warn`` warns and logs NaN metrics for that evaluation
+            (``ModelCheckpoint`` ranks NaN below every real score).
 
     Under DDP every rank embeds its shard, all ranks gather and de-duplicate by dataset index, then compute
     the same numbers, so ``ModelCheckpoint(monitor="val/mP@5")`` works on any rank. Validation and test
@@ -62,7 +66,7 @@ class RetrievalEvaluation(Callback):
                  metrics: list[str] = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN"),
                  candidate_sets: list[str] = ("all",), label_key: str = "label", group_key: str = "patient_id",
                  every_n_epochs: int = 1, batch_size: int | None = None,
-                 metrics_filename: str = "metrics.json"):
+                 metrics_filename: str = "metrics.json", non_finite: str = "error"):
         unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
         if unknown:
             raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
@@ -80,6 +84,7 @@ class RetrievalEvaluation(Callback):
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.metrics_filename = metrics_filename
+        self.non_finite = check_policy(non_finite)
         self.last_results: dict[str, dict[str, float]] = {}
         self.neighbours: dict[str, Neighbours] = {}
 
@@ -100,6 +105,15 @@ class RetrievalEvaluation(Callback):
         loo = self.gallery_split is None or self.gallery_split == query_split
         gallery = queries if loo else self._embed(trainer, pl_module, self.gallery_split)
         distance = self.distance or getattr(pl_module, "search_space", "cosine")
+        if screen_embeddings({query_split: queries["embedding"], self.gallery_split: gallery["embedding"]}
+                             if not loo else {query_split: queries["embedding"]}, self.non_finite):
+            self.neighbours.pop(stage, None)
+            labels = torch.as_tensor(queries[self.label_key])
+            results = nan_metrics(metric_keys(self.metrics, self.k_values,
+                                              [CANDIDATE_SETS[c][1] for c in self.candidate_sets], stage,
+                                              single_label=labels.ndim == 1 and not labels.is_floating_point()))
+            self._write(trainer, stage, results, query_split, distance)
+            return results
         results: dict[str, float] = {}
         counts: dict[str, float] = {}
         for name in self.candidate_sets:
