@@ -12,6 +12,7 @@ from torch import Tensor
 from callbacks.distributed import embed_dataset
 from callbacks.evaluate import evaluate_retrieval, retrieved_relevance
 from callbacks.io import run_dir, update_json
+from callbacks.protocol_checks import check_monitors, check_protocol
 from callbacks.relevance import get_relevance
 from callbacks.validation import check_policy, metric_keys, nan_metrics, screen_embeddings
 
@@ -156,6 +157,12 @@ class RetrievalEvaluation(Callback):
             pl_module.log(key, value, on_epoch=True, sync_dist=False, batch_size=1)
 
     # -- Lightning hooks -----------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Protocol and monitor keys checked before the first step (callbacks/protocol_checks.py)."""
+        check_protocol(self, trainer, stage)
+        if stage == "fit":
+            check_monitors(trainer.callbacks)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

@@ -22,6 +22,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.base import RetrievalDataModule
+from experiments.errors import ReadableErrors, user_errors
 from lightning_modules.base import RetrievalModule
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def latest_version(save_dir: str, name: str) -> Optional[str]:
     return max(runs, key=order).name
 
 
-class RetrievalCLI(LightningCLI):
+class RetrievalCLI(ReadableErrors, LightningCLI):
     """LightningCLI with the project's base classes, W&B options and resume-in-place."""
 
     def __init__(self, args=None, run: bool = True):
@@ -122,4 +123,5 @@ class RetrievalCLI(LightningCLI):
 
 
 def main(args=None) -> RetrievalCLI:
-    return RetrievalCLI(args=args)
+    with user_errors():  # a bad key, value, file or checkpoint: one line, exit status 2
+        return RetrievalCLI(args=args)
