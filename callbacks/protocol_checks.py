@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections import Counter
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 
 import torch

@@ -97,7 +97,222 @@ ARRAY_CASES = [
          ValueError, "must describe the same N images of the same size"),
 ]
 
-CASES: list[Case] = [*ARRAY_CASES]
+# -- the command line: one line "error: <key>=<value>: <expected>", exit status 2 -------------------------------
+CONFIG = "experiments/configs/simsiam_hu_phantom.yaml"
+CLI = "command line"
+
+
+def cli(*args, sub="fit"):
+    """Run ``python -m experiments`` in-process; the case checks the one line printed on stderr."""
+    def run(ctx):
+        from experiments.cli import main
+
+        main([sub, "--config", str(ROOT / CONFIG), f"--trainer.default_root_dir={ctx.tmp_path}",
+              f"--trainer.logger.init_args.save_dir={ctx.tmp_path}", *TINY_MODEL,
+              *[a(ctx) if callable(a) else a for a in args]])
+    return run
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY_MODEL = ["--model.init_args.backbone=resnet10t", "--model.init_args.proj_hidden_dim=8",
+              "--model.init_args.proj_dim=8", "--model.init_args.pred_hidden_dim=4"]
+CB = "--trainer.callbacks+="
+
+CLI_CASES = [
+    Case(CLI, "HU window with low > high", cli("--model.init_args.hu_windows=[[300,-200],[50,150]]"), SystemExit,
+         "error: model.init_args.hu_windows[0]=[300.0, -200.0]: expected an HU window [low, high] with low < high"),
+    Case(CLI, "unknown predict_split", cli("--data.init_args.predict_split=validation"), SystemExit,
+         "error: data.init_args.predict_split='validation': expected one of ('train', 'val', 'test')"),
+    Case(CLI, "unknown backbone", cli("--model.init_args.backbone=resnet181"), SystemExit,
+         "error: model.init_args.backbone='resnet181' is not a timm model name; did you mean"),
+    Case(CLI, "a value of the wrong type", cli("--trainer.max_epochs=ten"), SystemExit,
+         "error: trainer.max_epochs='ten': expected int"),
+    Case(CLI, "unknown class_path", cli("--model.class_path=lightning_modules.simsiam.SimSiamHU"), SystemExit,
+         "error: model.class_path='lightning_modules.simsiam.SimSiamHU': cannot import it"),
+    Case(CLI, "unknown callback class_path", cli(CB + "callbacks.RetrievalEvalution"), SystemExit,
+         "error: trainer.callbacks.class_path='callbacks.RetrievalEvalution': cannot import it"),
+    Case(CLI, "a key the class does not have", cli("--model.init_args.projection_dim=64"), SystemExit,
+         "error: model.init_args.projection_dim='64': not a parameter of lightning_modules.simsiam.SimSiam"),
+    Case(CLI, "bad callback argument", cli(CB + '{"class_path": "callbacks.RetrievalGrid", '
+                                           '"init_args": {"every_n_epochs": 0}}'), SystemExit,
+         "error: trainer.callbacks[6].init_args.every_n_epochs=0: expected >= 1"),
+    Case(CLI, "a callback configured twice with clashing outputs", cli(CB + "callbacks.RetrievalEvaluation"),
+         SystemExit, "error: trainer.callbacks[6] and trainer.callbacks[0]: callbacks.RetrievalEvaluation is "
+                     "configured twice and both write"),
+    Case(CLI, "monitor key that no callback logs", cli(CB + '{"class_path": "pytorch_lightning.callbacks.'
+                                                       'EarlyStopping", "init_args": {"monitor": "val/mP@3"}}'),
+         SystemExit, "error: trainer.callbacks[6].init_args.monitor='val/mP@3': no callback logs this key"),
+    Case(CLI, "--ckpt_path that is not a checkpoint", cli(lambda ctx: f"--ckpt_path={_text_file(ctx)}", sub="test"),
+         SystemExit, "not a PyTorch checkpoint (looks like text starting"),
+]
+
+
+# -- the evaluation protocol and callbacks, before the first training step ------------------------------------
+def _monitor(monitor, **evaluation):
+    def run(ctx):
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        from callbacks import RetrievalEvaluation
+        from callbacks.protocol_checks import check_monitors
+
+        check_monitors([RetrievalEvaluation(**evaluation), ModelCheckpoint(monitor=monitor)])
+    return run
+
+
+def _validate(**evaluation):
+    """``trainer.validate`` of a tiny model on the CT phantom with a RetrievalEvaluation(**evaluation)."""
+    def run(ctx):
+        import pytorch_lightning as pl
+
+        from callbacks import RetrievalEvaluation
+        from datamodules.decathlon_liver import DecathlonLiverDataModule
+
+        dm = DecathlonLiverDataModule(str(ctx.request.getfixturevalue("phantom_root")), image_size=32,
+                                      train_volumes=5, slices_with_liver=3, slices_without_liver=2, batch_size=8,
+                                      num_workers=0, cache_dir=str(ctx.tmp_path / "cache"))
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[RetrievalEvaluation(**evaluation)],
+                             default_root_dir=ctx.tmp_path)
+        trainer.validate(_tiny(), datamodule=dm, verbose=False)
+    return run
+
+
+PR = "RetrievalEvaluation protocol"
+PROTOCOL_CASES = [
+    Case(PR, "k_values larger than the gallery split", _validate(k_values=[1, 500]), ValueError,
+         "callbacks.RetrievalEvaluation init_args.k_values=[1, 500]: k=500 exceeds the 25 items of the gallery "
+         "split 'train'"),
+    Case(PR, "a query split the data does not have", _validate(val_query_split="holdout"), ValueError,
+         "callbacks.RetrievalEvaluation init_args.val_query_split='holdout': no such split"),
+    Case(PR, "a multi-label rule on class ids", _validate(relevance="label_overlap"), ValueError,
+         "callbacks.RetrievalEvaluation init_args.relevance='label_overlap': needs multi-hot labels [C] per sample"),
+    Case(PR, "a candidate set without the group key", _validate(candidate_sets=["all", "same_patient"],
+                                                                group_key="hospital"), ValueError,
+         "['same_patient'] need the sample key group_key='hospital'"),
+    Case(PR, "a label key the samples do not have", _validate(label_key="finding"), ValueError,
+         "init_args.label_key='finding': the samples of split 'val' have no such key"),
+    Case(PR, "a monitor of a candidate set not configured", _monitor("val/cross_patient/AP@10"), ValueError,
+         "ModelCheckpoint.monitor='val/cross_patient/AP@10': no callback logs this key"),
+    Case(PR, "monitor val/RR without an explanation callback", _monitor("val/RR"), ValueError,
+         "expected an ExplanationEvaluation callback"),
+    Case(PR, "NaN embeddings in validation (non_finite='error')", lambda ctx: _nan_validate(ctx), ValueError,
+         "embeddings of split 'val': 7 of 15 items contain NaN or inf"),
+    Case("DecathlonLiverDataModule", "HU window with low > high", lambda ctx: __import__(
+        "datamodules.decathlon_liver", fromlist=["x"]).DecathlonLiverDataModule("nowhere", window=(300, -200)),
+         ValueError, "window=(300, -200): expected (low, high) in HU with low < high"),
+]
+
+
+def _nan_validate(ctx):
+    """Every second embedding NaN: the callback stops and names the split and the count."""
+    import pytorch_lightning as pl
+
+    from callbacks import RetrievalEvaluation
+    from datamodules.decathlon_liver import DecathlonLiverDataModule
+    from tests.helpers import NaNEmbeddingsFrom
+
+    dm = DecathlonLiverDataModule(str(ctx.request.getfixturevalue("phantom_root")), image_size=32,
+                                  train_volumes=5, slices_with_liver=3, slices_without_liver=2, batch_size=8,
+                                  num_workers=0)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=ctx.tmp_path,
+                         callbacks=[RetrievalEvaluation(k_values=[1, 5]), NaNEmbeddingsFrom(0)])
+    trainer.validate(_tiny(), datamodule=dm, verbose=False)
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------
+def _text_file(ctx):
+    path = ctx.tmp_path / "notes.ckpt"
+    path.write_text("epoch 3: loss 0.41\n")
+    return path
+
+
+def _tiny(**kw):
+    from lightning_modules.simsiam import SimSiam
+
+    return SimSiam(**{"backbone": "resnet10t", "proj_hidden_dim": 8, "proj_dim": 8, "pred_hidden_dim": 4, **kw})
+
+
+def _ckpt(ctx, name="model.ckpt", model=None, **extra):
+    """A Lightning-style checkpoint of a tiny SimSiam (``extra`` overrides top-level entries)."""
+    import pytorch_lightning as pl
+
+    model = model or _tiny()
+    data = {"state_dict": model.state_dict(), "pytorch-lightning_version": pl.__version__, "epoch": 0,
+            "hyper_parameters": {**model.hparams, "_class_path": "lightning_modules.simsiam.SimSiam"},
+            "medcbir_format": 1, **extra}
+    path = ctx.tmp_path / name
+    torch.save(data, path)
+    return path
+
+
+def _truncated(ctx):
+    path = _ckpt(ctx)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _check(make, model=None, key="--ckpt_path"):
+    def run(ctx):
+        from lightning_modules.components.checkpoints import check_checkpoint
+
+        return check_checkpoint(make(ctx), model() if model else _tiny(), key=key)
+    return run
+
+
+class Foreign:
+    """An arbitrary Python object inside a checkpoint (not loadable with weights_only=True)."""
+
+
+CK = "checkpoint (`--ckpt_path`)"
+CKPT_CASES = [
+    Case(CK, "a text file", _check(_text_file), ValueError, "not a PyTorch checkpoint (looks like text starting"),
+    Case(CK, "an empty file", _check(lambda ctx: (ctx.tmp_path / "empty.ckpt").open("w").close()
+                                     or ctx.tmp_path / "empty.ckpt"), ValueError, "the file is empty (0 bytes)"),
+    Case(CK, "a truncated file", _check(_truncated), ValueError,
+         "truncated or damaged"),
+    Case(CK, "Python objects other than tensors", _check(lambda ctx: _ckpt(ctx, extra_object=Foreign())),
+         ValueError, "holds Python objects other than tensors and plain values (e.g. tests.error_cases.Foreign)"),
+    Case(CK, "plain weights, not a Lightning checkpoint",
+         _check(lambda ctx: torch.save(_tiny().state_dict(), ctx.tmp_path / "w.pth") or ctx.tmp_path / "w.pth"),
+         ValueError, "not a Lightning checkpoint (it holds a dict without 'state_dict')"),
+    Case(CK, "newer project checkpoint format", _check(lambda ctx: _ckpt(ctx, medcbir_format=99)), ValueError,
+         "written in checkpoint format 99 by a newer version of this project"),
+    Case(CK, "newer pytorch_lightning", _check(lambda ctx: _ckpt(ctx, **{"pytorch-lightning_version": "99.1.0"})),
+         ValueError, "written by pytorch_lightning 99.1.0, newer than the installed"),
+    Case(CK, "written by another method", _check(lambda ctx: _ckpt(ctx, hyper_parameters={
+        "_class_path": "lightning_modules.vae.VAE"})), ValueError,
+         "written by lightning_modules.vae.VAE, but model.class_path is lightning_modules.simsiam.SimSiam"),
+    Case(CK, "other hyper-parameters", _check(lambda ctx: _ckpt(ctx, model=_tiny(proj_dim=16)).with_name(
+        "model.ckpt")), ValueError, "hyper-parameters that differ: proj_dim=16 in the file, 8 here"),
+    Case("model.init_args.stage1_checkpoint", "not a checkpoint", lambda ctx: __import__(
+        "lightning_modules.simclr_gem_finetune", fromlist=["x"]).SimCLRGeMFinetune(
+        stage1_checkpoint=str(_text_file(ctx)), backbone="resnet10t", extra_channels=(8, 8)), ValueError,
+         "model.init_args.stage1_checkpoint="),
+    Case("model.init_args.stage1_checkpoint", "written by another method", lambda ctx: __import__(
+        "lightning_modules.simclr_gem_finetune", fromlist=["x"]).SimCLRGeMFinetune(
+        stage1_checkpoint=str(_ckpt(ctx)), backbone="resnet10t", extra_channels=(8, 8)), ValueError,
+         "written by lightning_modules.simsiam.SimSiam; expected a SimCLRGeM stage-1 checkpoint"),
+    Case("model.init_args.pretrained", "not a weights file", lambda ctx: __import__(
+        "lightning_modules.components.backbones", fromlist=["x"]).create_backbone(
+        "resnet10t", pretrained=str(_text_file(ctx))), ValueError, "model.pretrained="),
+    Case("model.init_args.pretrained", "weights of another backbone", lambda ctx: __import__(
+        "lightning_modules.components.backbones", fromlist=["x"]).create_backbone(
+        "resnet18", pretrained=str(_weights(ctx, "resnet10t"))), ValueError,
+         "cannot be loaded into the resnet18 backbone"),
+]
+
+
+def _weights(ctx, name):
+    import timm
+
+    path = ctx.tmp_path / f"{name}.pth"
+    torch.save(timm.create_model(name, num_classes=0).state_dict(), path)
+    return path
+
+
+CASES: list[Case] = [*ARRAY_CASES, *CLI_CASES, *PROTOCOL_CASES, *CKPT_CASES]
 
 
 def markdown(cases: list[Case] = None) -> str:
