@@ -58,3 +58,45 @@ def test_nan_embeddings_in_fit_warn_mode_logs_nan_that_checkpointing_never_selec
         trainer.fit(model, datamodule=dm)
     assert math.isnan(float(trainer.callback_metrics["val/mP@5"]))
     assert Path(best.best_model_path).name == "best-epoch=0.ckpt"
+
+
+def test_run_failing_mid_fit_leaves_complete_loadable_outputs(phantom_root, tmp_path, one_thread):
+    """Epoch 0 trains normally; in epoch 1 the model's embeddings turn NaN and fit stops with the error
+    naming the split. Everything written so far must be complete and loadable."""
+    import csv
+    import json
+
+    import numpy as np
+    import torch
+
+    from callbacks.validation import NonFiniteEmbeddings
+    from experiments.cli import RetrievalCLI
+    from tests.conftest import CONFIGS, tiny_overrides
+    from tests.error_cases import TINY_MODEL
+
+    nan_from_epoch_2 = '{"class_path": "tests.helpers.NaNEmbeddingsFrom", "init_args": {"epoch": 1}}'
+    with pytest.raises(NonFiniteEmbeddings, match="split 'val'"):
+        RetrievalCLI(args=["fit", "--config", str(CONFIGS / "simsiam_hu_phantom.yaml"),
+                           *tiny_overrides(tmp_path, phantom_root), *TINY_MODEL, "--trainer.max_epochs=3",
+                           "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+                           "--trainer.num_sanity_val_steps=0", "--trainer.logger.init_args.version=run",
+                           f"--trainer.callbacks+={nan_from_epoch_2}"])
+    run = tmp_path / "simsiam_hu_phantom" / "run"
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert {p.name for p in ckpts} >= {"last.ckpt"} and any(p.name.startswith("best") for p in ckpts), ckpts
+    for path in ckpts:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        assert ckpt["state_dict"] and ckpt["epoch"] == 0, path
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["epoch"] == 0 and 0 <= metrics["val"]["metrics"]["val/mP@5"] <= 1
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({int(r["epoch"]) for r in rows if r.get("val/mP@5")}) == [0]
+    assert any(r.get("train/loss") for r in rows)
+    caches = list((tmp_path / "cache").rglob("*.npz"))
+    assert caches
+    for path in caches:
+        with np.load(path) as data:
+            assert data.files
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
