@@ -76,8 +76,8 @@ def from_parse_error(message: str) -> ConfigError:
         if nested:
             key, value = f"{key}.{nested.group(1)}", nested.group(2)
         return ConfigError(key, value, "expected " + " or ".join(dict.fromkeys(expected)))
-    one_line = " ".join(message.split())
-    return ConfigError(key or "arguments", None, one_line)
+    one_line = " ".join(re.sub(r'Parser key "[^"]+":', "", message).split())
+    return ConfigError("--config" if key == "config" else key or "command line", None, one_line)
 
 
 # -- instantiation errors (a class's own validator) --------------------------------------------------------
@@ -137,6 +137,8 @@ def from_instantiation_error(err: BaseException, config=None) -> BaseException:
     text = " ".join(str(inner).split())
     if cls is None:
         return inner
+    if re.match(r"^(model|data|trainer)\.init_args\.\w+", text):  # the validator named the full key already
+        return _value_error(text.split("=", 1)[0], text.split("=", 1)[1] if "=" in text else "", "", text)
     params = set(inspect.signature(cls.__init__).parameters)
     m = re.match(r"^(?:model\.|data\.)?(\w+)((?:\[\d+\])?)(=|:| )\s*(.*)$", text)
     if m and m.group(1) in params:
@@ -151,11 +153,11 @@ def from_instantiation_error(err: BaseException, config=None) -> BaseException:
     return ConfigError(f"{_group(cls, config)} ({cls.__module__}.{cls.__name__})", None, text)
 
 
-def _value_error(key: str, value_text: str, expected: str) -> ConfigError:
-    """ConfigError whose message shows the value as the validator printed it."""
+def _value_error(key: str, value_text: str, expected: str, text: str | None = None) -> ConfigError:
+    """ConfigError whose message shows the value as the validator printed it (or ``text`` verbatim)."""
     err = ConfigError(key, None, expected)
     err.value = value_text
-    err.args = (f"{key}={value_text}: {expected}" if expected else f"{key}={value_text}",)
+    err.args = (text or (f"{key}={value_text}: {expected}" if expected else f"{key}={value_text}"),)
     return err
 
 
@@ -218,9 +220,16 @@ class ReadableErrors:
         if self.config.get("subcommand"):
             ckpt = self.config[self.config.subcommand].get("ckpt_path")
             if ckpt and str(ckpt) not in SPECIAL_CKPT and not str(ckpt).startswith("registry:"):
-                from lightning_modules.components.checkpoints import check_lightning_checkpoint
+                from lightning_modules.components.checkpoints import CheckpointError, check_lightning_checkpoint
 
-                check_lightning_checkpoint(ckpt, key="--ckpt_path")
+                checkpoint = check_lightning_checkpoint(ckpt, key="--ckpt_path")
+                written_by = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+                model = self.config[self.config.subcommand].get("model")
+                configured = getattr(model, "class_path", None)
+                if written_by and configured and written_by != configured:
+                    raise CheckpointError(f"--ckpt_path={str(ckpt)!r}: written by {written_by}, but the config's "
+                                          f"model.class_path is {configured}; use the config of that run (its "
+                                          f"config.yaml) or a checkpoint of {configured.rsplit('.', 1)[-1]}")
         super()._parse_ckpt_path()
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -237,7 +246,7 @@ def _ours(err: BaseException) -> bool:
     """Raised by one of this project's own validators (the innermost frame is in a project package)."""
     if isinstance(err, ConfigError):
         return True
-    if not isinstance(err, (ValueError, FileNotFoundError, KeyError, TypeError)):
+    if not isinstance(err, (ValueError, FileNotFoundError, KeyError)):
         return False
     tb, last = err.__traceback__, None
     while tb is not None:
@@ -249,8 +258,11 @@ def _ours(err: BaseException) -> bool:
 
 
 def one_line(err: BaseException) -> str:
+    from lightning_modules.components.checkpoints import CheckpointError
+
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    return "error: " + " ".join(text.split())
+    hint = "" if isinstance(err, (ConfigError, CheckpointError)) else f" ({TRACEBACK_ENV}=1 shows the traceback)"
+    return "error: " + " ".join(text.split()) + hint
 
 
 @contextmanager

@@ -125,6 +125,8 @@ CLI_CASES = [
          "error: data.init_args.predict_split='validation': expected one of ('train', 'val', 'test')"),
     Case(CLI, "unknown backbone", cli("--model.init_args.backbone=resnet181"), SystemExit,
          "error: model.init_args.backbone='resnet181' is not a timm model name; did you mean"),
+    Case(CLI, "a config file that does not exist", cli("--config=experiments/configs/simsiam_hu_phantm.yaml"),
+         SystemExit, "error: --config: File does not exist"),
     Case(CLI, "a value of the wrong type", cli("--trainer.max_epochs=ten"), SystemExit,
          "error: trainer.max_epochs='ten': expected int"),
     Case(CLI, "unknown class_path", cli("--model.class_path=lightning_modules.simsiam.SimSiamHU"), SystemExit,
@@ -142,6 +144,9 @@ CLI_CASES = [
     Case(CLI, "monitor key that no callback logs", cli(CB + '{"class_path": "pytorch_lightning.callbacks.'
                                                        'EarlyStopping", "init_args": {"monitor": "val/mP@3"}}'),
          SystemExit, "error: trainer.callbacks[6].init_args.monitor='val/mP@3': no callback logs this key"),
+    Case(CLI, "--ckpt_path of another method", cli(lambda ctx: f"--ckpt_path={_vae_ckpt(ctx)}", sub="test"),
+         SystemExit,
+         "written by lightning_modules.vae.VAE, but the config's model.class_path is lightning_modules.simsiam.SimSiam"),
     Case(CLI, "--ckpt_path that is not a checkpoint", cli(lambda ctx: f"--ckpt_path={_text_file(ctx)}", sub="test"),
          SystemExit, "not a PyTorch checkpoint (looks like text starting"),
 ]
@@ -246,6 +251,10 @@ def _ckpt(ctx, name="model.ckpt", model=None, **extra):
     return path
 
 
+def _vae_ckpt(ctx):
+    return _ckpt(ctx, hyper_parameters={"_class_path": "lightning_modules.vae.VAE"})
+
+
 def _truncated(ctx):
     path = _ckpt(ctx)
     data = path.read_bytes()
@@ -324,15 +333,38 @@ def markdown(cases: list[Case] = None) -> str:
         "Each bad input below stops with one message that names the array, key or file, the value given and",
         "what was expected. Every row is a test (`tests/test_errors.py` runs `tests/error_cases.py`); this",
         "file is generated from that table (`python -m tests.error_cases > docs/errors.md`) and a test checks",
-        "that it is in step. On the command line the message is printed as one line (exit status 2); set",
-        "`MEDCBIR_TRACEBACK=1` to see the full traceback instead.",
+        "that it is in step.",
+        "",
+        "- **Command line** (`python -m experiments ...`): a bad key, value, config file or checkpoint prints",
+        "  one line, `error: <key>=<value>: <what is expected>`, and exits with status 2. An error raised",
+        "  later by one of the project's own checks (a missing data root, a broken file) ends the output the",
+        "  same way, as one `error: ...` line instead of a traceback. Set `MEDCBIR_TRACEBACK=1` to get the",
+        "  full traceback. `--help` and `--print_config` are unchanged.",
+        "- **Before the first training step** the evaluation protocol is checked against the data: the query",
+        "  and gallery splits exist and are not empty, `k_values` fit in the gallery, the labels suit",
+        "  `relevance`, the samples carry `label_key` / `group_key`, and every `monitor` that names a retrieval",
+        "  key (`val/mP@5`, `val/cross_patient/AP@10`, `val/RR`) is logged by a configured callback. A",
+        "  `same_patient` candidate set that can never hold a candidate is a warning. A project callback",
+        "  configured twice that would write the same files or keys is an error.",
+        "- **Non-finite embeddings** are never ranked. `RetrievalEvaluation(non_finite=\"error\")` (default)",
+        "  stops with the split and the number of affected items; `non_finite=\"warn\"` warns and logs NaN",
+        "  metrics for that evaluation, which `ModelCheckpoint` ranks below every real score (while no",
+        "  evaluation has produced a real score yet, a NaN epoch can still fill an empty top-k slot).",
+        "- **Checkpoints** are read with `torch.load(weights_only=True)` everywhere (`--ckpt_path`,",
+        "  `model.init_args.stage1_checkpoint`, `model.init_args.pretrained` via timm): the project's",
+        "  checkpoints hold only tensors and plain values, so nothing needs `weights_only=False`.",
+        "  Checkpoints record `medcbir_format`; a newer format is refused with both versions named.",
+        "- **A run that fails part-way** keeps what it wrote: checkpoints (with",
+        "  `callbacks.checkpoint_io.AtomicCheckpointIO`), `metrics.json`, predictions and caches are written to",
+        "  a temporary file and renamed, and `metrics.csv` is flushed when Lightning stops (tested).",
         "",
         "| entry point | bad input | error | message contains |",
         "|---|---|---|---|",
     ]
     for c in cases:
         msg = c.message.replace("|", "\\|")
-        lines.append(f"| `{c.entry}` | {c.bad} | `{c.error.__name__}` | `{msg}` |")
+        error = "exit status 2" if c.error is SystemExit else f"`{c.error.__name__}`"
+        lines.append(f"| `{c.entry}` | {c.bad} | {error} | `{msg}` |")
     return "\n".join(lines) + "\n"
 
 

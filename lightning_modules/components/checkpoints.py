@@ -55,8 +55,8 @@ def read_checkpoint(path, key: str = "checkpoint") -> Any:
         raise CheckpointError(f"{where}: not a PyTorch checkpoint ({_kind(file)}; cannot unpickle: "
                               f"{text.splitlines()[0][:120]})") from None
     except Exception as err:  # noqa: BLE001 - torch raises many kinds on a damaged file; all mean the same here
-        raise CheckpointError(f"{where}: {_damage(file, size)} ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:120]})") from None
+        first = str(err).splitlines()[0].split(". ")[0][:120] if str(err) else ""
+        raise CheckpointError(f"{where}: {_damage(file, size)} ({type(err).__name__}: {first})") from None
 
 
 def _kind(file: Path) -> str:
