@@ -146,7 +146,8 @@ CLI_CASES = [
          SystemExit, "error: trainer.callbacks[6].init_args.monitor='val/mP@3': no callback logs this key"),
     Case(CLI, "--ckpt_path of another method", cli(lambda ctx: f"--ckpt_path={_vae_ckpt(ctx)}", sub="test"),
          SystemExit,
-         "written by lightning_modules.vae.VAE, but the config's model.class_path is lightning_modules.simsiam.SimSiam"),
+         "written by lightning_modules.vae.VAE, but the config's model.class_path is "
+         "lightning_modules.simsiam.SimSiam"),
     Case(CLI, "--ckpt_path that is not a checkpoint", cli(lambda ctx: f"--ckpt_path={_text_file(ctx)}", sub="test"),
          SystemExit, "not a PyTorch checkpoint (looks like text starting"),
 ]
