@@ -35,7 +35,9 @@ def _column(dataset, key: str) -> list | None:
 
 
 def _where(cb) -> str:
-    return f"callbacks.{type(cb).__name__}"
+    """``trainer.callbacks[i].init_args`` when the CLI set ``cb.config_key``, else the class name."""
+    key = getattr(cb, "config_key", None)
+    return f"{key}.init_args" if key else type(cb).__name__
 
 
 def check_protocol(cb, trainer, stage: str) -> None:
@@ -52,49 +54,49 @@ def check_protocol(cb, trainer, stage: str) -> None:
         q_split = cb.query_splits[st]
         key = f"{st}_query_split"
         if datasets and q_split not in datasets:
-            raise ValueError(f"{where} init_args.{key}={q_split!r}: no such split; the DataModule has "
+            raise ValueError(f"{where}.{key}={q_split!r}: no such split; the DataModule has "
                              f"{sorted(datasets)}")
         if cb.gallery_split is not None and datasets and cb.gallery_split not in datasets:
-            raise ValueError(f"{where} init_args.gallery_split={cb.gallery_split!r}: no such split; the "
+            raise ValueError(f"{where}.gallery_split={cb.gallery_split!r}: no such split; the "
                              f"DataModule has {sorted(datasets)} (null = leave-one-out inside the query split)")
         queries = dm.retrieval_dataset(q_split)
         loo = cb.gallery_split is None or cb.gallery_split == q_split
         gallery = queries if loo else dm.retrieval_dataset(cb.gallery_split)
         g_name = q_split if loo else cb.gallery_split
         if len(queries) == 0:
-            raise ValueError(f"{where} init_args.{key}={q_split!r}: the split is empty; nothing to evaluate")
+            raise ValueError(f"{where}.{key}={q_split!r}: the split is empty; nothing to evaluate")
         if max(cb.k_values) > len(gallery):
-            raise ValueError(f"{where} init_args.k_values={cb.k_values}: k={max(cb.k_values)} exceeds the "
+            raise ValueError(f"{where}.k_values={cb.k_values}: k={max(cb.k_values)} exceeds the "
                              f"{len(gallery)} items of the gallery split {g_name!r}; use cut-offs up to "
                              f"{len(gallery)}")
         labels = _column(queries, cb.label_key)
         if labels == []:
-            raise ValueError(f"{where} init_args.label_key={cb.label_key!r}: the samples of split {q_split!r} have "
+            raise ValueError(f"{where}.label_key={cb.label_key!r}: the samples of split {q_split!r} have "
                              f"no such key")
         if labels:
             rule = get_relevance(cb.relevance)
             first = torch.as_tensor(labels[0])
             if isinstance(rule, SameLabel) and (first.ndim != 0 or first.is_floating_point()):
-                raise ValueError(f"{where} init_args.relevance={cb.relevance!r}: needs one integer class id per "
+                raise ValueError(f"{where}.relevance={cb.relevance!r}: needs one integer class id per "
                                  f"sample, but {cb.label_key!r} of split {q_split!r} is {first.dtype} of shape "
                                  f"{tuple(first.shape)} (multi-hot labels: use label_overlap or "
                                  f"shared_label_count)")
             if isinstance(rule, (LabelOverlap, SharedLabelCount)) and first.ndim != 1:
-                raise ValueError(f"{where} init_args.relevance={cb.relevance!r}: needs multi-hot labels [C] per "
+                raise ValueError(f"{where}.relevance={cb.relevance!r}: needs multi-hot labels [C] per "
                                  f"sample, but {cb.label_key!r} of split {q_split!r} has shape "
                                  f"{tuple(first.shape)} (class ids: use same_label)")
         restricted = [c for c in cb.candidate_sets if c != "all"]
         if restricted:
             q_groups = _column(queries, cb.group_key)
             if q_groups == []:
-                raise ValueError(f"{where} init_args.candidate_sets={cb.candidate_sets}: {restricted} need the "
+                raise ValueError(f"{where}.candidate_sets={cb.candidate_sets}: {restricted} need the "
                                  f"sample key group_key={cb.group_key!r}, which split {q_split!r} does not have")
             g_groups = q_groups if loo else _column(gallery, cb.group_key)
             if q_groups and g_groups and "same_patient" in restricted:
                 counts = Counter(int(g) for g in q_groups)
                 if (all(c == 1 for c in counts.values()) if loo
                         else not set(counts) & {int(g) for g in g_groups}):
-                    warnings.warn(f"{where} init_args.candidate_sets includes 'same_patient' but no query of split "
+                    warnings.warn(f"{where}.candidate_sets includes 'same_patient' but no query of split "
                                   f"{q_split!r} has another item of its {cb.group_key} in the gallery split "
                                   f"{g_name!r}: every same_patient metric will count 0 queries", stacklevel=2)
 
@@ -129,7 +131,7 @@ def check_monitors(callbacks: list, names: dict | None = None) -> None:
             continue
         if monitor in keys:
             continue
-        where = f"{names[id(cb)]}.init_args" if names and id(cb) in names else type(cb).__name__
+        where = f"{names[id(cb)]}.init_args" if names and id(cb) in names else _where(cb)
         if monitor.endswith("/RR"):
             expected = "an ExplanationEvaluation callback (it logs val/RR)"
         elif not has_retrieval:

@@ -211,6 +211,8 @@ class ReadableErrors:
 
         configured = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         names = [f"trainer.callbacks[{i}]" for i in range(len(configured))]
+        for cb, name in zip(configured, names):
+            cb.config_key = name  # messages of later checks (protocol_checks) name the config key
         check_callbacks(configured, names)
         if self.subcommand == "fit":
             check_monitors(configured, dict(zip(map(id, configured), names)))

@@ -186,17 +186,17 @@ def _validate(**evaluation):
 PR = "RetrievalEvaluation protocol"
 PROTOCOL_CASES = [
     Case(PR, "k_values larger than the gallery split", _validate(k_values=[1, 500]), ValueError,
-         "callbacks.RetrievalEvaluation init_args.k_values=[1, 500]: k=500 exceeds the 25 items of the gallery "
+         "RetrievalEvaluation.k_values=[1, 500]: k=500 exceeds the 25 items of the gallery "
          "split 'train'"),
     Case(PR, "a query split the data does not have", _validate(val_query_split="holdout"), ValueError,
-         "callbacks.RetrievalEvaluation init_args.val_query_split='holdout': no such split"),
+         "RetrievalEvaluation.val_query_split='holdout': no such split"),
     Case(PR, "a multi-label rule on class ids", _validate(relevance="label_overlap"), ValueError,
-         "callbacks.RetrievalEvaluation init_args.relevance='label_overlap': needs multi-hot labels [C] per sample"),
+         "RetrievalEvaluation.relevance='label_overlap': needs multi-hot labels [C] per sample"),
     Case(PR, "a candidate set without the group key", _validate(candidate_sets=["all", "same_patient"],
                                                                 group_key="hospital"), ValueError,
          "['same_patient'] need the sample key group_key='hospital'"),
     Case(PR, "a label key the samples do not have", _validate(label_key="finding"), ValueError,
-         "init_args.label_key='finding': the samples of split 'val' have no such key"),
+         "RetrievalEvaluation.label_key='finding': the samples of split 'val' have no such key"),
     Case(PR, "a monitor of a candidate set not configured", _monitor("val/cross_patient/AP@10"), ValueError,
          "ModelCheckpoint.monitor='val/cross_patient/AP@10': no callback logs this key"),
     Case(PR, "monitor val/RR without an explanation callback", _monitor("val/RR"), ValueError,
