@@ -263,7 +263,9 @@ def one_line(err: BaseException) -> str:
     from lightning_modules.components.checkpoints import CheckpointError
 
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    hint = "" if isinstance(err, (ConfigError, CheckpointError)) else f" ({TRACEBACK_ENV}=1 shows the traceback)"
+    names_key = re.match(r"^[\w.\[\]-]+=", text) is not None  # "<key>=<value>: ...": a configuration error
+    hint = "" if names_key or isinstance(err, (ConfigError, CheckpointError)) else \
+        f" ({TRACEBACK_ENV}=1 shows the traceback)"
     return "error: " + " ".join(text.split()) + hint
 
 

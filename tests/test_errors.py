@@ -100,3 +100,19 @@ def test_run_failing_mid_fit_leaves_complete_loadable_outputs(phantom_root, tmp_
             assert data.files
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, leftovers
+
+
+def test_user_errors_prints_our_errors_as_one_line_and_leaves_others(capsys, monkeypatch):
+    from callbacks.validation import check_policy
+    from experiments.errors import TRACEBACK_ENV, user_errors
+
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as info, user_errors():
+        check_policy("ignore")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "error: non_finite='ignore': expected one of ('error', 'warn')\n"
+    with pytest.raises(RuntimeError), user_errors():  # not one of our validators: the traceback stays
+        raise RuntimeError("CUDA out of memory")
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    with pytest.raises(ValueError, match="non_finite='ignore'"), user_errors():
+        check_policy("ignore")
