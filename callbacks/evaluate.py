@@ -16,15 +16,16 @@ from callbacks.retrieval_metrics import (
     ndcg_at_k,
     precision_at_k,
 )
-from callbacks.search import block_mask, check_candidates, exact_topk
+from callbacks.search import block_mask, check_candidates, check_distance, exact_topk
+from callbacks.validation import as_tensor, check_retrieval_inputs
 
 METRICS = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN", "kNN_F1")
 DEFAULT_METRICS = METRICS[:-1]  # kNN_F1 (lesion-type classification) on request
 ArrayLike = np.ndarray | Tensor
 
 
-def _tensor(x: ArrayLike | None, device: torch.device) -> Tensor | None:
-    return None if x is None else torch.as_tensor(x).to(device)
+def _tensor(x: ArrayLike | None, device: torch.device, name: str = "array") -> Tensor | None:
+    return None if x is None else as_tensor(x, name).to(device)
 
 
 def retrieved_relevance(rule: Rule, q_labels: Tensor, g_labels: Tensor, indices: Tensor,
@@ -147,10 +148,13 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
     if not ks or ks[0] < 1:
         raise ValueError(f"k_values must be positive integers, got {list(k_values)}")
     rule = get_relevance(relevance)
-    q_emb = torch.as_tensor(query_embeddings)
+    q_emb = as_tensor(query_embeddings, "query_embeddings")
     dev = q_emb.device
-    g_emb = q_emb if gallery_embeddings is query_embeddings else _tensor(gallery_embeddings, dev)
-    q_lab, g_lab = _tensor(query_labels, dev), _tensor(gallery_labels, dev)
+    g_emb = q_emb if gallery_embeddings is query_embeddings else _tensor(gallery_embeddings, dev,
+                                                                         "gallery_embeddings")
+    q_lab, g_lab = _tensor(query_labels, dev, "query_labels"), _tensor(gallery_labels, dev, "gallery_labels")
+    check_distance(distance)
+    check_retrieval_inputs(q_emb, g_emb, q_lab, g_lab, rule, ks)
     aux = {"query_ids": _tensor(query_ids, dev), "gallery_ids": _tensor(gallery_ids, dev),
            "query_groups": _tensor(query_groups, dev), "gallery_groups": _tensor(gallery_groups, dev),
            "candidates": candidates}

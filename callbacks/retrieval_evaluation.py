@@ -14,8 +14,10 @@ from callbacks.distributed import embed_dataset
 from callbacks.evaluate import evaluate_retrieval, retrieved_relevance
 from callbacks.io import run_dir, update_json
 from callbacks.pairwise import pairwise_scorer
+from callbacks.protocol_checks import check_monitors, check_protocol
 from callbacks.provenance import evaluation_section
 from callbacks.relevance import make_relevance
+from callbacks.validation import check_policy, metric_keys, nan_metrics, screen_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ class RetrievalEvaluation(Callback):
             ``val/paper/P@cat10`` ...); ``catalogue``: that protocol's settings (``CatalogueProtocol``).
         distance ``pairwise`` (or a module whose ``search_space`` is ``pairwise``): the module's
             ``pairwise_score`` ranks the gallery instead of an embedding distance (``callbacks.pairwise``).
+        non_finite: NaN / inf embeddings are never ranked. ``error`` (default) stops with a message naming
+            the split and the number of items; ``warn`` warns and logs NaN metrics for that evaluation
+            (``ModelCheckpoint`` ranks NaN below every real score).
 
     Under DDP every rank embeds its shard, all ranks gather and de-duplicate by dataset index, then compute
     the same numbers, so ``ModelCheckpoint(monitor="val/mP@5")`` works on any rank. Validation and test
@@ -73,7 +78,7 @@ class RetrievalEvaluation(Callback):
                  candidate_sets: list[str] = ("all",), label_key: str = "label", group_key: str = "patient_id",
                  every_n_epochs: int = 1, batch_size: int | None = None,
                  metrics_filename: str = "metrics.json", protocols: list[str] = ("all_queries",),
-                 catalogue: dict | None = None, relevance_args: dict | None = None):
+                 catalogue: dict | None = None, relevance_args: dict | None = None, non_finite: str = "error"):
         unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
         if unknown:
             raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
@@ -97,6 +102,7 @@ class RetrievalEvaluation(Callback):
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.metrics_filename = metrics_filename
+        self.non_finite = check_policy(non_finite)
         self.last_results: dict[str, dict[str, float]] = {}
         self.neighbours: dict[str, Neighbours] = {}
 
@@ -120,6 +126,15 @@ class RetrievalEvaluation(Callback):
         distance = self.distance or getattr(pl_module, "search_space", "cosine")
         scorer = pairwise_scorer(pl_module, distance)
         rule = make_relevance(self.relevance, self.relevance_args, trainer.datamodule)
+        if screen_embeddings({query_split: queries["embedding"], self.gallery_split: gallery["embedding"]}
+                             if not loo else {query_split: queries["embedding"]}, self.non_finite):
+            self.neighbours.pop(stage, None)
+            labels = torch.as_tensor(queries[self.label_key])
+            results = nan_metrics(metric_keys(self.metrics, self.k_values,
+                                              [CANDIDATE_SETS[c][1] for c in self.candidate_sets], stage,
+                                              single_label=labels.ndim == 1 and not labels.is_floating_point()))
+            self._write(trainer, stage, results, query_split, distance)
+            return results
         results: dict[str, float] = {}
         counts: dict[str, float] = {}
         for name in self.candidate_sets if all_queries else []:
@@ -169,6 +184,12 @@ class RetrievalEvaluation(Callback):
             pl_module.log(key, value, on_epoch=True, sync_dist=False, batch_size=1)
 
     # -- Lightning hooks -----------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Protocol and monitor keys checked before the first step (callbacks/protocol_checks.py)."""
+        check_protocol(self, trainer, stage)
+        if stage == "fit":
+            check_monitors(trainer.callbacks)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from callbacks.validation import check_search_inputs
+
 DISTANCES = ("cosine", "euclidean", "hamming")
 CANDIDATES = ("all", "same_group", "other_group")
 SIMILARITY = "similarity"  # scores of a pairwise scorer (callbacks.pairwise): distance = -score
@@ -157,6 +159,8 @@ def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine
     """
     check_distance(distance)
     check_candidates(candidates, query_groups, gallery_groups)
+    check_search_inputs(queries, gallery, distance, k, query_ids=query_ids, gallery_ids=gallery_ids,
+                        query_groups=query_groups, gallery_groups=gallery_groups)
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
         raise ValueError(f"need [Q, D] and [G, D] inputs, got {tuple(queries.shape)}, {tuple(gallery.shape)}")
     n_q, n_g = queries.shape[0], gallery.shape[0]

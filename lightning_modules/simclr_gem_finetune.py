@@ -10,10 +10,10 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor
 
 from lightning_modules.base import RetrievalModule
+from lightning_modules.components.checkpoints import check_format, describe_mismatch, read_checkpoint
 from lightning_modules.components.gem_encoder import GeMEncoder
 from lightning_modules.components.losses import MarginTripletLoss, has_triplet
 from lightning_modules.components.optim import check_optimizer, optimizer_with_schedule
@@ -28,7 +28,13 @@ def load_encoder_state(path: str, prefix: str = "encoder.") -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"{CHECKPOINT_KEY}={path!r}: file not found (expected a Lightning .ckpt "
                                 f"written by SimCLRGeM stage-1 training)")
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(file, CHECKPOINT_KEY)   # weights_only=True; one message per bad file
+    if isinstance(checkpoint, dict):
+        check_format(checkpoint, f"{CHECKPOINT_KEY}={path!r}")
+        written_by = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+        if written_by and written_by.rsplit(".", 1)[-1] not in ("SimCLRGeM", "SimCLRGeMFinetune"):
+            raise ValueError(f"{CHECKPOINT_KEY}={path!r}: written by {written_by}; expected a SimCLRGeM stage-1 "
+                             f"checkpoint")
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
     encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not encoder:
@@ -83,11 +89,12 @@ class SimCLRGeMFinetune(RetrievalModule):
 
     def load_stage1(self, path: str) -> None:
         """Copy the encoder weights (backbone, extra convs, GeM p) of a stage-1 checkpoint."""
-        try:
-            self.encoder.load_state_dict(load_encoder_state(path))
-        except RuntimeError as err:
-            raise ValueError(f"{CHECKPOINT_KEY}={path!r}: its encoder does not match this one; set "
-                             f"model.init_args.backbone / extra_channels as in stage 1 ({err})") from err
+        state = load_encoder_state(path)
+        problem = describe_mismatch(state, self.encoder.state_dict())
+        if problem:
+            raise ValueError(f"{CHECKPOINT_KEY}={path!r}: its encoder does not match this one ({problem}); set "
+                             f"model.init_args.backbone / extra_channels as in stage 1")
+        self.encoder.load_state_dict(state)
 
     def view_transform(self) -> Optional[ContrastiveViewsd]:
         return self._views
