@@ -50,6 +50,12 @@ class RetrievalEvaluation(Callback):
             ``kNN``), definitions in ``callbacks.retrieval_metrics`` / METRICS.md.
         candidate_sets: ``all`` (keys ``val/mP@5``), ``same_patient`` / ``cross_patient`` (keys
             ``val/same_patient/AP@10``...), restricting the gallery by ``group_key``.
+        key_prefix: inserted after the stage in every key (e.g. ``graded/`` -> ``val/graded/nDCG@10``), so two
+            instances with different protocols can log side by side (give them different metrics_filename).
+
+    Embedding variants: a module with ``embedding_variants = {name: distance}`` and ``embed_variants(images)
+    -> {"embedding": ..., name: ...}`` (e.g. attention hashing: binary codes + relaxed ``float`` codes) also
+    gets every metric of each variant, searched with that variant's distance, under ``<stage>/<name>/...``.
 
     Under DDP every rank embeds its shard, all ranks gather and de-duplicate by dataset index, then compute
     the same numbers, so ``ModelCheckpoint(monitor="val/mP@5")`` works on any rank. Validation and test
@@ -62,7 +68,7 @@ class RetrievalEvaluation(Callback):
                  metrics: list[str] = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN"),
                  candidate_sets: list[str] = ("all",), label_key: str = "label", group_key: str = "patient_id",
                  every_n_epochs: int = 1, batch_size: int | None = None,
-                 metrics_filename: str = "metrics.json"):
+                 metrics_filename: str = "metrics.json", key_prefix: str = ""):
         unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
         if unknown:
             raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
@@ -80,6 +86,7 @@ class RetrievalEvaluation(Callback):
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.metrics_filename = metrics_filename
+        self.key_prefix = key_prefix
         self.last_results: dict[str, dict[str, float]] = {}
         self.neighbours: dict[str, Neighbours] = {}
 
@@ -102,11 +109,14 @@ class RetrievalEvaluation(Callback):
         distance = self.distance or getattr(pl_module, "search_space", "cosine")
         results: dict[str, float] = {}
         counts: dict[str, float] = {}
-        for name in self.candidate_sets:
+        variants = [("embedding", distance, "")] + [
+            (name, dist, f"{name}/") for name, dist in getattr(pl_module, "embedding_variants", {}).items()]
+        for (emb, distance, variant), name in ((v, c) for v in variants for c in self.candidate_sets):
             candidates, infix = CANDIDATE_SETS[name]
+            infix = f"{self.key_prefix}{variant}{infix}"
             needs_groups = candidates != "all"
             values, distances, indices = evaluate_retrieval(
-                queries["embedding"], gallery["embedding"], queries[self.label_key], gallery[self.label_key],
+                queries[emb], gallery[emb], queries[self.label_key], gallery[self.label_key],
                 k_values=self.k_values, distance=distance, relevance=self.relevance, metrics=self.metrics,
                 query_ids=queries["index"] if loo else None, gallery_ids=gallery["index"] if loo else None,
                 query_groups=queries[self.group_key] if needs_groups else None,
@@ -115,13 +125,13 @@ class RetrievalEvaluation(Callback):
             for key, value in values.items():
                 target = counts if key.startswith("n_") else results
                 target[f"{stage}/{infix}{key}"] = float(value)
-            if name == self.candidate_sets[0]:
+            if name == self.candidate_sets[0] and emb == "embedding":
                 self.neighbours[stage] = Neighbours(
                     query_split, query_split if loo else self.gallery_split, distance, distances, indices,
                     retrieved_relevance(get_relevance(self.relevance), torch.as_tensor(queries[self.label_key]),
                                         torch.as_tensor(gallery[self.label_key]), indices),
                     trainer.current_epoch)
-        self._write(trainer, stage, {**results, **counts}, query_split, distance)
+        self._write(trainer, stage, {**results, **counts}, query_split, variants[0][1])
         return results
 
     def _write(self, trainer: pl.Trainer, stage: str, values: dict[str, float], query_split: str,

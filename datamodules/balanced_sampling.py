@@ -2,9 +2,10 @@
 
 Multi-label data have no single class per image. Here the *class of an image* is its rarest label
 (lowest count in the training split; "No Finding" is a label like the others), so every finding, however
-rare, is a class of its own and an image of "Effusion|Hernia" fills a Hernia slot. Each batch draws
-``ceil(batch_size / per_class)`` distinct classes uniformly and ``per_class`` images of each (the last class
-fills the remainder); a batch holds fewer images only when there are fewer classes than that.
+rare, is a class of its own and an image of "Effusion|Hernia" fills a Hernia slot. Each batch visits the
+classes in a random order and takes ``per_class`` random images of each (fewer when a class has fewer, and
+the last class fills the remainder) until ``batch_size`` images are drawn; a batch is smaller only when all
+classes together hold fewer than ``batch_size`` images at ``per_class`` each.
 
 Batch b of epoch e depends on (seed, e, b) only, so a resumed run skips the finished batches and continues
 with exactly the batches the uninterrupted run would have drawn. Under DDP, rank r takes batches
@@ -13,7 +14,6 @@ Lightning does not re-wrap it.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -59,9 +59,10 @@ class ClassBalancedBatchSampler(EpochSeededSampler):
     def batch(self, epoch: int, b: int) -> list[int]:
         """Dataset indices of batch ``b`` of ``epoch`` (deterministic in (seed, epoch, b))."""
         rng = np.random.default_rng([self.seed, epoch, b])
-        n_classes = min(len(self.members), math.ceil(self.batch_size / self.per_class))
         out: list[int] = []
-        for c in rng.choice(len(self.members), n_classes, replace=False):
+        for c in rng.permutation(len(self.members)):
+            if len(out) == self.batch_size:
+                break
             take = min(self.per_class, self.batch_size - len(out), len(self.members[c]))
             out += rng.choice(self.members[c], take, replace=False).tolist()
         return out
