@@ -111,7 +111,7 @@ def test_sixteen_bit_and_rgba_pngs_are_converted(tmp_path):
     ref = invert_xray(torch.from_numpy(read_xray_png(tmp_path / "l.png", 32)))
     for name in ("i16.png", "rgba.png"):   # equal after eq. 2 (which min-max normalises), up to rounding
         out = invert_xray(torch.from_numpy(read_xray_png(tmp_path / name, 32)))
-        assert (out - ref).abs().max() <= 2.5 / 255, name
+        assert (out - ref).abs().max() <= 4 / 255, name  # two 8-bit roundings
     Image.fromarray(grey > 100).save(tmp_path / "bw.png")
     with pytest.raises(ValueError, match=r"bw.png: PNG mode '1'"):
         read_xray_png(tmp_path / "bw.png", 32)
