@@ -1,4 +1,5 @@
 """Retrieval evaluation shared by every method: exact search, metrics, DDP-exact gathering, outputs, figures."""
+from callbacks.attention_maps import AttentionMapFigure
 from callbacks.evaluate import evaluate_retrieval
 from callbacks.explanation import ExplanationEvaluation
 from callbacks.prediction_writer import EmbeddingWriter
@@ -6,5 +7,5 @@ from callbacks.retrieval_evaluation import RetrievalEvaluation
 from callbacks.retrieval_grid import RetrievalGrid
 from callbacks.search import exact_topk
 
-__all__ = ["evaluate_retrieval", "exact_topk", "EmbeddingWriter", "ExplanationEvaluation", "RetrievalEvaluation",
+__all__ = ["AttentionMapFigure", "evaluate_retrieval", "exact_topk", "EmbeddingWriter", "ExplanationEvaluation", "RetrievalEvaluation",
            "RetrievalGrid"]
