@@ -70,12 +70,12 @@ def main(argv=None) -> None:
     rq, rg = torch.from_numpy(relax_q), torch.from_numpy(relax_g)
     rows[f"float {a.bits}-d relaxed, ours (exact_topk)"] = timed(lambda: exact_topk(rq, rg, a.k, "euclidean"))
     ours = rows["hamming, ours (numpy)"][0]
-    print(f"\n| search | wall s | time / ours Hamming |\n|---|---|---|")
+    print("\n| search | wall s | time / ours Hamming |\n|---|---|---|")
     for name, (sec, _) in rows.items():
         print(f"| {name} | {sec:.2f} | {sec / ours:.1f}x |")
     mem = {f"{a.bits}-bit packed codes": words_g.nbytes, f"{a.float_dim}-d float32": feats_g.nbytes,
            f"{a.bits}-d float32 relaxed": relax_g.nbytes}
-    print(f"\n| gallery representation | MiB | x packed |\n|---|---|---|")
+    print("\n| gallery representation | MiB | x packed |\n|---|---|---|")
     for name, b in mem.items():
         print(f"| {name} | {b / 2**20:.1f} | {b / words_g.nbytes:.0f}x |")
     faiss_t = rows["hamming, FAISS IndexBinaryFlat"][0]

@@ -7,5 +7,5 @@ from callbacks.retrieval_evaluation import RetrievalEvaluation
 from callbacks.retrieval_grid import RetrievalGrid
 from callbacks.search import exact_topk
 
-__all__ = ["AttentionMapFigure", "evaluate_retrieval", "exact_topk", "EmbeddingWriter", "ExplanationEvaluation", "RetrievalEvaluation",
-           "RetrievalGrid"]
+__all__ = ["AttentionMapFigure", "evaluate_retrieval", "exact_topk", "EmbeddingWriter", "ExplanationEvaluation",
+           "RetrievalEvaluation", "RetrievalGrid"]

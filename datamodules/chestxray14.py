@@ -10,6 +10,7 @@ columns; the 2017 file ends every line with an empty column), the PNGs in ``imag
 from __future__ import annotations
 
 import csv
+import gzip
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -111,8 +112,6 @@ def data_entry_csv(root: Path) -> Path:
 
 def read_data_entry(path: str | Path) -> list[XrayRow]:
     """Parse a Data_Entry CSV (either release, plain or .gz): one :class:`XrayRow` per image, checked."""
-    import gzip
-
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", newline="") as f:

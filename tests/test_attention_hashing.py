@@ -138,7 +138,7 @@ def test_pf2_attention_maps_learn_and_vary_over_space(tmp_path, one_thread):
     with torch.no_grad():
         before = model.attention_maps(probe)
     model.train()
-    for step, batch in zip(range(12), loader):
+    for _, batch in zip(range(10), loader):
         loss = model.criterion(model(batch["image"]), batch["label"])["loss"]
         opt.zero_grad()
         loss.backward()

@@ -147,7 +147,7 @@ def draw_radiograph(patient: dict, labels: set[str], view: str, n: int, rng: np.
     mag = 1.08 if view == "AP" else 1.0  # AP: heart magnified (source closer, film behind)
     emph = "Emphysema" in labels
     img = np.full((n, n), 0.04, np.float32)
-    body = _soft(np.abs((u - 0.5) / (p["body_w"] / 2 + 0.04 * v)) ** 4 + 0 * v, 0.15)
+    body = _soft(np.abs((u - 0.5) / (p["body_w"] / 2 + 0.04 * v)) ** 4, 0.15)
     img += 0.42 * body
     # lungs, cut below by the diaphragm domes (right dome higher: patient's right = image left)
     lung_mask = np.zeros((n, n), np.float32)
@@ -209,7 +209,8 @@ def draw_radiograph(patient: dict, labels: set[str], view: str, n: int, rng: np.
             side = int(rng.choice([-1, 1]))
             pu = 0.5 + side * (p["lung_sep"] + rng.uniform(-0.5, 0.5) * p["lung_w"])
             pv = rng.uniform(*zone)
-            iu, iv = int(np.clip((pu + p["shift_u"]) * (n - 1), 0, n - 1)), int(np.clip((pv + p["shift_v"]) * (n - 1), 0, n - 1))
+            iu = int(np.clip((pu + p["shift_u"]) * (n - 1), 0, n - 1))
+            iv = int(np.clip((pv + p["shift_v"]) * (n - 1), 0, n - 1))
             if lungs[iv, iu] and heart[iv, iu] < 0.5:
                 return pu, pv, side
         return 0.5 - p["lung_sep"], 0.4, -1
@@ -219,7 +220,7 @@ def draw_radiograph(patient: dict, labels: set[str], view: str, n: int, rng: np.
             cu, a, dome = domes[0 if side == -1 else 1]
             level = rng.uniform(0.1, 0.16)
             lateral = np.clip((u - cu) * side / a, 0, 1.2)
-            fluid = (v > dome - level + 0.09 * lateral ** 2 * 0 - 0.08 * lateral) & ((u - 0.5) * side > 0.03)
+            fluid = (v > dome - level - 0.08 * lateral) & ((u - 0.5) * side > 0.03)
             img = np.where(fluid & (lung_mask > 0.2), np.maximum(img, 0.42), img)
     if "Atelectasis" in labels:
         pu = 0.5 + p["atelectasis_side"] * (p["lung_sep"] + 0.02)
