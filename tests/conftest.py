@@ -89,8 +89,8 @@ def chestxray_phantom() -> Path:
 
 
 def chestxray_tiny_args(run_dir: Path) -> List[str]:
-    """Tiny overrides for the ChestX-ray14 configs (attention hashing): 32 px, narrow attention net."""
-    return [f"--data.init_args.data_root={chestxray_phantom()}", "--data.init_args.image_size=32",
+    """Tiny overrides for the ChestX-ray14 configs (attention hashing): 16 px, narrow attention net."""
+    return [f"--data.init_args.data_root={chestxray_phantom()}", "--data.init_args.image_size=16",
             "--data.init_args.num_workers=0", f"--data.init_args.cache_dir={run_dir / 'cache'}",
             "--model.init_args.attention_channels=[4,4,8,8,8]", "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
