@@ -37,7 +37,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(fit_cmd(straight))
     marker = tmp_path / "paused"
-    pause = json.dumps({"class_path": "tests.helpers.PauseAtStep", "init_args": {"step": 7, "marker": str(marker)}})
+    pause = json.dumps({"class_path": "tests.helpers.PauseAtStep", "init_args": {"step": 9, "marker": str(marker)}})
     proc = subprocess.Popen(fit_cmd(killed, f"--trainer.callbacks+={pause}"), cwd=ROOT, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
