@@ -9,10 +9,11 @@ first block almost nothing is merged. Query chunks run in threads (numpy release
 ``backend="faiss"`` uses FAISS ``IndexBinaryFlat`` (exhaustive, multi-threaded) and restores the tie rule:
 it asks for 2k neighbours, and rows where items at the k-th distance may have been cut off are completed with
 a range search; both backends return identical neighbours. ``auto`` takes FAISS for galleries of at least
-``FAISS_MIN_GALLERY`` items when no candidate restriction (ids, groups) is requested.
+``FAISS_MIN_GALLERY`` items when no candidate restriction (ids, groups) is requested and faiss is installed.
 """
 from __future__ import annotations
 
+import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -56,8 +57,18 @@ def pack_codes(x, words: bool = True) -> np.ndarray:
     return out.view(np.uint64)
 
 
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 element (``np.bitwise_count`` on numpy >= 2, a byte table before)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8)
+
+
 def _distances(q: np.ndarray, g: np.ndarray, dtype) -> np.ndarray:
-    x = np.bitwise_count(q[:, None, :] ^ g[None, :, :])
+    x = popcount(q[:, None, :] ^ g[None, :, :])
     return x[:, :, 0].astype(dtype, copy=False) if x.shape[2] == 1 else x.sum(2, dtype=dtype)
 
 
@@ -171,7 +182,7 @@ def hamming_topk(queries, gallery, k: int, *, mask_fn=None, restricted: bool = F
     n_bits = int(queries.shape[1])
     n_g = int(gallery.shape[0])
     use_faiss = backend == "faiss" or (backend == "auto" and not restricted and n_g >= FAISS_MIN_GALLERY
-                                       and n_bits % 8 == 0)
+                                       and n_bits % 8 == 0 and importlib.util.find_spec("faiss") is not None)
     if use_faiss and restricted:
         raise ValueError("backend='faiss' cannot restrict candidates (ids / groups); use backend='numpy'")
     device = queries.device if isinstance(queries, Tensor) else torch.device("cpu")

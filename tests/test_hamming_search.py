@@ -48,3 +48,12 @@ def test_hamming_on_float_embeddings_is_one_clear_error():
                            relevance="label_overlap")
     with pytest.raises(ValueError, match="cannot restrict"):
         hamming_topk(codes(4, 8, 0), codes(9, 8, 1), 2, backend="faiss", restricted=True)
+
+
+def test_byte_table_popcount_without_numpy2(monkeypatch):
+    q, g = codes(20, 70, 3), codes(400, 70, 4)
+    ref_d, ref_i = reference(q, g, 9)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    d, i = hamming_topk(q, g, 9, backend="numpy")
+    np.testing.assert_array_equal(i.numpy(), ref_i)
+    np.testing.assert_array_equal(d.numpy(), ref_d)
