@@ -112,7 +112,7 @@ def logged_keys(callbacks: list) -> tuple[set[str], bool]:
         if isinstance(cb, RetrievalEvaluation):
             found = True
             for stage in ("val", "test"):
-                keys.update(metric_keys(cb.metrics, cb.k_values, [CANDIDATE_SETS[c][1] for c in cb.candidate_sets],
+                keys.update(metric_keys(cb.metrics, cb.k_values, [cb.key_prefix + CANDIDATE_SETS[c][1] for c in cb.candidate_sets],
                                         stage))
         if isinstance(cb, ExplanationEvaluation):
             keys.update({"val/RR", "test/RR"})
@@ -151,7 +151,7 @@ def _outputs(cb) -> set[str]:
     from callbacks.retrieval_grid import RetrievalGrid
 
     if isinstance(cb, RetrievalEvaluation):
-        keys = metric_keys(cb.metrics, cb.k_values, [CANDIDATE_SETS[c][1] for c in cb.candidate_sets], "val")
+        keys = metric_keys(cb.metrics, cb.k_values, [cb.key_prefix + CANDIDATE_SETS[c][1] for c in cb.candidate_sets], "val")
         return {f"file {cb.metrics_filename} (sections val/test)", *(f"key {k}" for k in keys)}
     if isinstance(cb, EmbeddingWriter):
         return {f"file {cb.filename}"}

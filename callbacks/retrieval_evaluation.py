@@ -65,6 +65,12 @@ class RetrievalEvaluation(Callback):
         non_finite: NaN / inf embeddings are never ranked. ``error`` (default) stops with a message naming
             the split and the number of items; ``warn`` warns and logs NaN metrics for that evaluation
             (``ModelCheckpoint`` ranks NaN below every real score).
+        key_prefix: inserted after the stage in every key (e.g. ``graded/`` -> ``val/graded/nDCG@10``), so two
+            instances with different protocols can log side by side (give them different metrics_filename).
+
+    Embedding variants: a module with ``embedding_variants = {name: distance}`` and ``embed_variants(images)
+    -> {"embedding": ..., name: ...}`` (e.g. attention hashing: binary codes + relaxed ``float`` codes) also
+    gets every metric of each variant, searched with that variant's distance, under ``<stage>/<name>/...``.
 
     Under DDP every rank embeds its shard, all ranks gather and de-duplicate by dataset index, then compute
     the same numbers, so ``ModelCheckpoint(monitor="val/mP@5")`` works on any rank. Validation and test
@@ -78,7 +84,8 @@ class RetrievalEvaluation(Callback):
                  candidate_sets: list[str] = ("all",), label_key: str = "label", group_key: str = "patient_id",
                  every_n_epochs: int = 1, batch_size: int | None = None,
                  metrics_filename: str = "metrics.json", protocols: list[str] = ("all_queries",),
-                 catalogue: dict | None = None, relevance_args: dict | None = None, non_finite: str = "error"):
+                 catalogue: dict | None = None, relevance_args: dict | None = None, non_finite: str = "error",
+                 key_prefix: str = ""):
         unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
         if unknown:
             raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
@@ -103,6 +110,7 @@ class RetrievalEvaluation(Callback):
         self.batch_size = batch_size
         self.metrics_filename = metrics_filename
         self.non_finite = check_policy(non_finite)
+        self.key_prefix = key_prefix
         self.last_results: dict[str, dict[str, float]] = {}
         self.neighbours: dict[str, Neighbours] = {}
 
@@ -131,18 +139,22 @@ class RetrievalEvaluation(Callback):
             self.neighbours.pop(stage, None)
             labels = torch.as_tensor(queries[self.label_key])
             results = nan_metrics(metric_keys(self.metrics, self.k_values,
-                                              [CANDIDATE_SETS[c][1] for c in self.candidate_sets], stage,
+                                              [self.key_prefix + CANDIDATE_SETS[c][1] for c in self.candidate_sets], stage,
                                               single_label=labels.ndim == 1 and not labels.is_floating_point()))
             self._write(trainer, stage, results, query_split, distance)
             return results
         results: dict[str, float] = {}
         counts: dict[str, float] = {}
-        for name in self.candidate_sets if all_queries else []:
+        variants = [("embedding", distance, "")] + [
+            (name, dist, f"{name}/") for name, dist in getattr(pl_module, "embedding_variants", {}).items()]
+        pairs = [(v, c) for v in variants for c in self.candidate_sets] if all_queries else []
+        for (emb, dist, variant), name in pairs:
             candidates, infix = CANDIDATE_SETS[name]
+            infix = f"{self.key_prefix}{variant}{infix}"
             needs_groups = candidates != "all"
             values, distances, indices = evaluate_retrieval(
-                queries["embedding"], gallery["embedding"], queries[self.label_key], gallery[self.label_key],
-                k_values=self.k_values, distance=distance, relevance=rule, metrics=self.metrics,
+                queries[emb], gallery[emb], queries[self.label_key], gallery[self.label_key],
+                k_values=self.k_values, distance=dist, relevance=rule, metrics=self.metrics,
                 query_ids=queries["index"] if loo else None, gallery_ids=gallery["index"] if loo else None,
                 query_groups=queries[self.group_key] if needs_groups else None,
                 gallery_groups=gallery[self.group_key] if needs_groups else None, candidates=candidates,
@@ -150,7 +162,7 @@ class RetrievalEvaluation(Callback):
             for key, value in values.items():
                 target = counts if key.startswith("n_") else results
                 target[f"{stage}/{infix}{key}"] = float(value)
-            if name == self.candidate_sets[0]:
+            if name == self.candidate_sets[0] and emb == "embedding":
                 self.neighbours[stage] = Neighbours(
                     query_split, query_split if loo else self.gallery_split, distance, distances, indices,
                     retrieved_relevance(rule, torch.as_tensor(queries[self.label_key]),

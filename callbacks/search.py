@@ -156,6 +156,7 @@ def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine
     Sorted by ascending distance, ties broken by ascending gallery index. Pairs excluded by
     ``candidate_mask`` (equal ids, group rule) never appear; missing slots get index -1, distance inf.
     Memory: inputs + one ``query_chunk x gallery_chunk`` block + O(Q k); computed on the inputs' device.
+    ``hamming`` searches bit-packed codes (:mod:`callbacks.hamming`; float embeddings are an error).
     """
     check_distance(distance)
     check_candidates(candidates, query_groups, gallery_groups)
@@ -168,6 +169,9 @@ def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine
         raise ValueError(f"k={k} must be between 1 and the gallery size {n_g}")
     if query_chunk < 1 or gallery_chunk < 1:
         raise ValueError("query_chunk and gallery_chunk must be >= 1")
+    if distance == "hamming":
+        return _hamming_topk(queries, gallery, k, [query_ids, gallery_ids, query_groups, gallery_groups],
+                             candidates, query_chunk, gallery_chunk)
     dev = queries.device
     q = prepare(queries, distance)
     g = q if gallery is queries else prepare(gallery.to(dev), distance)
@@ -194,3 +198,20 @@ def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine
         out_d[qs:qe], out_i[qs:qe] = run_d, run_i
     out_i.masked_fill_(torch.isinf(out_d), -1)
     return out_d, out_i
+
+
+def _hamming_topk(queries: Tensor, gallery: Tensor, k: int, aux: list, candidates: str, query_chunk: int,
+                  gallery_chunk: int) -> tuple[Tensor, Tensor]:
+    """``exact_topk`` for distance="hamming": bit-packed search (:mod:`callbacks.hamming`), same exclusions
+    and tie rule; float (non-binary) embeddings are a ValueError."""
+    from callbacks.hamming import hamming_topk
+
+    aux = [None if t is None else torch.as_tensor(t).cpu() for t in aux]
+    restricted = (aux[0] is not None and aux[1] is not None) or candidates != "all"
+
+    def mask_fn(qs: int, qe: int, gs: int, ge: int):
+        mask = block_mask(aux, qs, qe, gs, ge, candidates)
+        return None if mask is None else mask.numpy()
+
+    return hamming_topk(queries, gallery, k, mask_fn=mask_fn if restricted else None, restricted=restricted,
+                        query_chunk=min(query_chunk, 256), gallery_chunk=gallery_chunk)

@@ -1,8 +1,10 @@
 """Shared fixtures: tiny synthetic datasets written once per session, and the CLI run in-process."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import List
 
@@ -94,7 +96,27 @@ def tiny_args(config: Path, run_dir: Path, phantom_root: Path, deeplesion_root: 
                 f"--data.init_args.cache_dir={run_dir / 'cache'}", "--trainer.enable_progress_bar=false",
                 f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
         return args + (["--model.init_args.image_size=32"] if "lightning_modules.vae.VAE" in text else [])
+    if "ChestXray14DataModule" in text:
+        return chestxray_tiny_args(run_dir)
     return tiny_overrides(run_dir, phantom_root)
+
+
+@functools.lru_cache(maxsize=None)
+def chestxray_phantom() -> Path:
+    """A small ChestX-ray14 phantom (90 patients, 32 px, > 100 training images for P@100), written once per
+    session into a temporary folder."""
+    from datamodules.synthetic.chestxray14 import write_chestxray14_phantom
+
+    return write_chestxray14_phantom(Path(tempfile.mkdtemp(prefix="cx14-")) / "ChestX-ray14", n_patients=90,
+                                     image_size=32)
+
+
+def chestxray_tiny_args(run_dir: Path) -> List[str]:
+    """Tiny overrides for the ChestX-ray14 configs (attention hashing): 16 px, narrow attention net."""
+    return [f"--data.init_args.data_root={chestxray_phantom()}", "--data.init_args.image_size=16",
+            "--data.init_args.num_workers=0", f"--data.init_args.cache_dir={run_dir / 'cache'}",
+            "--model.init_args.attention_channels=[4,4,8,8,8]", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
 
 
 def tiny_overrides(run_dir: Path, data_root: Path, image_size: int = 32) -> List[str]:
