@@ -104,7 +104,7 @@ def check_protocol(cb, trainer, stage: str) -> None:
 def logged_keys(callbacks: list) -> tuple[set[str], bool]:
     """Retrieval keys the configured callbacks log, and whether a RetrievalEvaluation is configured."""
     from callbacks.explanation import ExplanationEvaluation
-    from callbacks.retrieval_evaluation import CANDIDATE_SETS, RetrievalEvaluation
+    from callbacks.retrieval_evaluation import RetrievalEvaluation
 
     keys: set[str] = set()
     found = False
@@ -112,7 +112,7 @@ def logged_keys(callbacks: list) -> tuple[set[str], bool]:
         if isinstance(cb, RetrievalEvaluation):
             found = True
             for stage in ("val", "test"):
-                keys.update(metric_keys(cb.metrics, cb.k_values, [cb.key_prefix + CANDIDATE_SETS[c][1] for c in cb.candidate_sets],
+                keys.update(metric_keys(cb.metrics, cb.k_values, cb.key_infixes(),
                                         stage))
         if isinstance(cb, ExplanationEvaluation):
             keys.update({"val/RR", "test/RR"})
@@ -147,11 +147,11 @@ def _outputs(cb) -> set[str]:
     """Files and logged keys a project callback writes (empty for others)."""
     from callbacks.explanation import ExplanationEvaluation
     from callbacks.prediction_writer import EmbeddingWriter
-    from callbacks.retrieval_evaluation import CANDIDATE_SETS, RetrievalEvaluation
+    from callbacks.retrieval_evaluation import RetrievalEvaluation
     from callbacks.retrieval_grid import RetrievalGrid
 
     if isinstance(cb, RetrievalEvaluation):
-        keys = metric_keys(cb.metrics, cb.k_values, [cb.key_prefix + CANDIDATE_SETS[c][1] for c in cb.candidate_sets], "val")
+        keys = metric_keys(cb.metrics, cb.k_values, cb.key_infixes(), "val")
         return {f"file {cb.metrics_filename} (sections val/test)", *(f"key {k}" for k in keys)}
     if isinstance(cb, EmbeddingWriter):
         return {f"file {cb.filename}"}

@@ -139,7 +139,7 @@ class RetrievalEvaluation(Callback):
             self.neighbours.pop(stage, None)
             labels = torch.as_tensor(queries[self.label_key])
             results = nan_metrics(metric_keys(self.metrics, self.k_values,
-                                              [self.key_prefix + CANDIDATE_SETS[c][1] for c in self.candidate_sets], stage,
+                                              self.key_infixes(), stage,
                                               single_label=labels.ndim == 1 and not labels.is_floating_point()))
             self._write(trainer, stage, results, query_split, distance)
             return results
@@ -175,6 +175,10 @@ class RetrievalEvaluation(Callback):
                 distance, scorer).items()})
         self._write(trainer, stage, {**results, **counts}, query_split, distance)
         return results
+
+    def key_infixes(self) -> list[str]:
+        """The part between the stage and the metric in each logged key, per candidate set."""
+        return [self.key_prefix + CANDIDATE_SETS[c][1] for c in self.candidate_sets]
 
     def _write(self, trainer: pl.Trainer, stage: str, values: dict[str, float], query_split: str,
                distance: str) -> None:
