@@ -28,7 +28,7 @@ from datamodules.cache import cache_key, ensure_data_root, file_stats, npz_cache
 from datamodules.transforms.hounsfield import HounsfieldWindowd, check_window
 
 log = logging.getLogger(__name__)
-LIVER_LABELS = (1, 2)  # liver + cancer = the liver mask (DATASETS.md)
+LIVER_LABELS = (1, 2)  # liver + cancer = the liver mask
 CACHE_VERSION = 1
 PHANTOM_COMMAND = "python -m datamodules.synthetic.ct_liver_phantom --root {root}"
 
