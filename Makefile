@@ -19,7 +19,7 @@ test-fast:
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint:
-	$(BIN)/ruff check lightning_modules datamodules callbacks experiments tests benchmarks
+	$(BIN)/ruff check lightning_modules datamodules callbacks experiments medcbir_io tests benchmarks
 
 bench:
 	$(BIN)/python benchmarks/retrieval_search.py
