@@ -12,24 +12,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pytorch_lightning as pl
-import torch
 
-
-class FrozenWeights(pl.Callback):
-    """Equal-steps control: restores every parameter after each optimiser step, so only buffers (BatchNorm
-    running mean / variance) change. Works for any method and optimiser (momentum, weight decay, LARS)."""
-
-    def on_train_start(self, trainer, pl_module):
-        self._saved = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        with torch.no_grad():
-            for n, p in pl_module.named_parameters():
-                p.copy_(self._saved[n])
-
-    def on_train_end(self, trainer, pl_module):
-        for n, p in pl_module.named_parameters():
-            assert torch.equal(p.detach(), self._saved[n]), f"control weight {n} moved"
+from callbacks.learning_curve import FrozenWeights
 
 
 @dataclass
