@@ -1,7 +1,8 @@
 """How much does each optimiser setting move the SimCLR-GeM encoder? Relative weight change after N steps.
 
-Prints, for LARS (the paper's lr 0.05, eta 0.001) and for SGD at the same lr (the phantom configs), the median
-relative change |w_N - w_0| / |w_0| of the conv weights, of the BatchNorm / bias parameters, and GeM's p.
+Prints, for LARS (the paper's lr 0.05, eta 0.001; and SimCLR's lr 4.8) and for SGD at lr 0.05 (the phantom
+configs), the relative change |w_N - w_0| / |w_0| of all conv kernels together, of all BatchNorm weights and
+biases together, and GeM's p.
 The steps use random crops (the magnitude of an update does not depend much on the content).
 
     python benchmarks/encoder_updates.py --steps 10 --size 32
@@ -9,7 +10,6 @@ The steps use random crops (the magnitude of an update does not depend much on t
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
@@ -29,12 +29,16 @@ def relative_change(optimizer: str, lr: float, steps: int, size: int, batch: int
         opt.zero_grad()
         loss.backward()
         opt.step()
-    conv, norm = [], []
+    groups = {"conv": [], "bn_bias": []}
     for n, p in model.named_parameters():
-        change = float((p.detach() - before[n]).norm() / before[n].norm().clamp_min(1e-12))
-        (conv if p.ndim == 4 else norm if "pool.p" not in n else []).append(change)
-    return {"conv": statistics.median(conv), "bn_bias": statistics.median(norm),
-            "gem_p": float(model.encoder.pool.p)}
+        if "pool.p" not in n and p.ndim != 2:  # conv kernels vs BatchNorm weights / biases (linear layers skipped)
+            groups["conv" if p.ndim == 4 else "bn_bias"].append((p.detach() - before[n], before[n]))
+
+    def relative(pairs):  # |w_N - w_0| / |w_0| over the whole group (zero-initialised biases included)
+        delta, start = (torch.cat([t[i].flatten() for t in pairs]) for i in (0, 1))
+        return float(delta.norm() / start.norm())
+
+    return {**{k: relative(v) for k, v in groups.items()}, "gem_p": float(model.encoder.pool.p.detach())}
 
 
 def main() -> None:
@@ -44,7 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{args.steps} steps, batch {args.batch}, {args.size} px; median relative change per parameter tensor")
+    print(f"{args.steps} steps, batch {args.batch}, {args.size} px; relative change of each parameter group")
     print("| optimiser | lr | conv weights | BatchNorm / bias | GeM p |")
     print("|---|---|---|---|---|")
     for optimizer, lr in (("lars", 0.05), ("lars", 4.8), ("sgd", 0.05)):
