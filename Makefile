@@ -26,7 +26,7 @@ bench:
 	$(BIN)/python benchmarks/lightning_overhead.py
 
 demo:
-	$(BIN)/python -m experiments fit --config experiments/configs/simsiam_hu_phantom.yaml
+	$(BIN)/python -m experiments fit --config experiments/configs/simsiam_hu_demo.yaml
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache
