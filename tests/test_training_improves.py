@@ -14,10 +14,12 @@ TRAIN_VOLUMES, TEST_VOLUMES = 12, 11   # 120 training slices (the gallery), 110 
 @pytest.mark.slow
 def test_simsiam_hu_training_beats_the_equal_steps_control(tmp_path, one_thread):
     root = write_liver_phantom(tmp_path / "Task03_Liver", n_volumes=TRAIN_VOLUMES + TEST_VOLUMES, n_test_volumes=0,
-                               shape=(40, 40, 28))
+                               shape=(48, 48, 24))
 
     def data():
-        return DecathlonLiverDataModule(str(root), image_size=32, train_volumes=TRAIN_VOLUMES, batch_size=32,
+        # 48 px, not less: at 32 px the untrained ResNet-18's last map is 1x1 and, with timm's zero-initialised
+        # residual branches, its embedding of these mostly-dark slices is exactly 0 (a degenerate baseline).
+        return DecathlonLiverDataModule(str(root), image_size=48, train_volumes=TRAIN_VOLUMES, batch_size=32,
                                         num_workers=0, min_liver_fraction=0.01)
 
     def callback():
@@ -25,5 +27,5 @@ def test_simsiam_hu_training_beats_the_equal_steps_control(tmp_path, one_thread)
 
     results = assert_learns(
         lambda: SimSiam(backbone="resnet18", proj_hidden_dim=256, proj_dim=256, pred_hidden_dim=64, lr=0.05),
-        data, callback, epochs=12, key="test/mP@5", tmp_path=tmp_path, margin=0.02)
+        data, callback, epochs=8, key="test/mP@5", tmp_path=tmp_path, margin=0.02)
     assert all(r.n_queries >= 100 for r in results)
