@@ -11,7 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_logger_follows_default_root_dir(config, tmp_path):
+def test_every_config_points_the_logger_at_default_root_dir(config):
+    import yaml
+
+    trainer = yaml.safe_load(config.read_text())["trainer"]
+    assert trainer["logger"]["init_args"]["save_dir"] == "${...default_root_dir}"   # relative interpolation
+    assert trainer["logger"]["init_args"]["name"] == config.stem
+
+
+def test_logger_follows_default_root_dir(tmp_path):
+    config = CONFIGS / "simclr_gem_phantom.yaml"
     cli = RetrievalCLI(args=["--config", str(config), f"--trainer.default_root_dir={tmp_path}",
                              "--data.init_args.data_root=nowhere"], run=False)
     assert [Path(lg.save_dir) for lg in cli.trainer.loggers] == [tmp_path]
@@ -44,3 +53,14 @@ def test_io_helpers_are_reexported_for_old_imports(tmp_path):
     assert atomic_write is neutral
     update_json(tmp_path / "m.json", "val", {"a": 1})
     assert (tmp_path / "m.json").read_text().count('"a": 1') == 1
+
+
+def test_logger_follows_default_root_dir_under_the_fit_subcommand(tmp_path, capsys):
+    """Interpolation must also resolve when the config sits under a subcommand (``fit.trainer...``)."""
+    import yaml
+
+    with pytest.raises(SystemExit):
+        RetrievalCLI(args=["fit", "--config", str(CONFIGS / "simsiam_hu_demo.yaml"),
+                           f"--trainer.default_root_dir={tmp_path}", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path)
