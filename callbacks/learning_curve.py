@@ -52,7 +52,8 @@ class UntrainedBaseline(Callback):
         if trainer.global_step > 0:
             return
         evaluation = _evaluation(trainer, "UntrainedBaseline")
-        self.results = evaluation.evaluate(trainer, pl_module, "val")
+        with torch.random.fork_rng(devices=[]):  # loaders draw seeds: leave training's random stream as it was
+            self.results = evaluation.evaluate(trainer, pl_module, "val")
         counts = {k: v for k, v in evaluation.last_results.get("val", {}).items() if k not in self.results}
         for logger in trainer.loggers:
             logger.log_metrics(self.results, step=0)
