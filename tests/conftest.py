@@ -58,7 +58,7 @@ def tiny_args(config: Path, run_dir: Path, phantom_root: Path, deeplesion_root: 
 def tiny_overrides(run_dir: Path, data_root: Path, image_size: int = 32) -> List[str]:
     """CLI arguments shrinking a phantom config to a few seconds of CPU work inside ``run_dir``."""
     return [f"--data.init_args.data_root={data_root}", f"--data.init_args.image_size={image_size}",
-            "--data.init_args.train_volumes=5", "--data.init_args.val_volumes=1", "--data.init_args.num_workers=0",
+            "--data.init_args.train_volumes=5", "--data.init_args.val_volumes=0", "--data.init_args.num_workers=0",
             "--data.init_args.slices_with_liver=3", "--data.init_args.slices_without_liver=2",
             "--data.init_args.batch_size=8", "--trainer.enable_progress_bar=false",
             f"--data.init_args.cache_dir={run_dir / 'cache'}",
