@@ -1,4 +1,5 @@
-"""``evaluate_retrieval``: exact search + METRICS.md metrics on plain arrays (numpy or torch)."""
+"""``evaluate_retrieval``: exact search + retrieval metrics on plain arrays (numpy or torch); the definitions
+and the query rule are in docs/metrics.md."""
 from collections.abc import Sequence
 
 import numpy as np
@@ -122,7 +123,7 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
                        query_groups: ArrayLike | None = None, gallery_groups: ArrayLike | None = None,
                        candidates: str = "all", query_chunk: int = 4096, gallery_chunk: int = 4096,
                        return_neighbours: bool = False, pairwise_score=None):
-    """Exact retrieval metrics (METRICS.md) as a flat dict: ``{metric}@{k}`` for each k in ``k_values``
+    """Exact retrieval metrics (docs/metrics.md) as a flat dict: ``{metric}@{k}`` for each k in ``k_values``
     and each of ``metrics`` (mP, P, AP, nDCG [exp gain], nDCG_lin [linear gain], kNN [accuracy of the
     k-NN majority vote], kNN_F1 [its macro-F1 over the query classes]), plus the counts
     ``n_queries``, ``n_gallery`` and ``n_queries_without_relevant``.
@@ -131,11 +132,13 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
     relevance from ``relevance`` (see ``callbacks.relevance``) on the retrieved items only, R and the
     ideal ranking over all candidates in blocks.
 
-    Policy for queries without any relevant candidate (R == 0): they count as 0 in P@K, mP@K and kNN@K
-    (well defined), and are left out of the means of AP@K and nDCG@K (undefined, NaN per query); their
-    number is ``n_queries_without_relevant``. kNN@K / kNN_F1@K are only computed for single-label integer
-    labels (silently skipped for multi-label). With ``return_neighbours=True`` the result is
-    ``(metrics, distances [Q, kmax], indices [Q, kmax])`` from the search, for figures.
+    Query rule (docs/metrics.md): every metric of one call (one candidate set) is averaged over the SAME
+    queries, those with at least one relevant candidate (R > 0). A query without one (no candidate at all
+    in a restricted set, or none of its class) is not scored by any metric; otherwise P@1 and AP@1 would
+    average over different queries and disagree. Counts: ``n_queries`` (all), ``n_queries_scored`` and
+    ``n_queries_without_relevant``; with no scored query every metric is NaN. kNN@K / kNN_F1@K are only
+    computed for single-label integer labels (skipped for multi-label). With ``return_neighbours=True``
+    the result is ``(metrics, distances [Q, kmax], indices [Q, kmax])`` from the search, for figures.
 
     ``pairwise_score(queries, gallery) -> [q, g]`` (a similarity, see ``callbacks.pairwise``) replaces the
     embedding distance: the "embeddings" are then whatever per-item representation the scorer reads (e.g.
@@ -177,14 +180,19 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
         "nDCG_lin": lambda k: ndcg_at_k(ranked, ideal, k, "linear"),
         "kNN": lambda k: knn_accuracy(neighbour_labels, q_lab, k),
     }
+    scored = n_rel > 0                      # the query rule: the same queries for every metric
+    n_scored = int(scored.sum())
     out: dict[str, float] = {}
     for k in ks:
         for m in metrics:
             if m.startswith("kNN") and not single_label:
                 continue
-            if m == "kNN_F1":
-                out[f"{m}@{k}"] = macro_f1(knn_predict(neighbour_labels, k), q_lab)
+            if not n_scored:
+                out[f"{m}@{k}"] = float("nan")
+            elif m == "kNN_F1":
+                out[f"{m}@{k}"] = macro_f1(knn_predict(neighbour_labels[scored], k), q_lab[scored])
             else:
-                out[f"{m}@{k}"] = float(torch.nanmean(per_query[m](k)))    # NaN only in AP / nDCG
-    out.update(n_queries=len(q_emb), n_gallery=len(g_emb), n_queries_without_relevant=int((n_rel == 0).sum()))
+                out[f"{m}@{k}"] = float(per_query[m](k)[scored].mean())
+    out.update(n_queries=len(q_emb), n_gallery=len(g_emb), n_queries_scored=n_scored,
+               n_queries_without_relevant=len(q_emb) - n_scored)
     return (out, dist, idx) if return_neighbours else out

@@ -1,7 +1,7 @@
 """Relevance rank accuracy (Arras et al. 2022, CLEVR-XAI; ``quantus.RelevanceRankAccuracy``).
 
 With M = number of pixels of the ground-truth mask GT and P_top-M the M pixels of highest attribution,
-RR = |P_top-M ∩ GT| / M (per image; the ``RR`` key of /work/shared/METRICS.md). Attributions are used as
+RR = |P_top-M ∩ GT| / M (per image; the ``RR`` key of docs/metrics.md). Attributions are used as
 they are (no absolute value, no normalisation: quantus with ``abs=False, normalise=False``).
 
 Tie rule: pixels are ranked by attribution, descending, with equal attributions ordered by flattened

@@ -54,7 +54,7 @@ class RetrievalEvaluation(Callback):
         relevance_args: keyword arguments of the named relevance rule (e.g. visual_similarity's ``terms``).
         distance: ``cosine``, ``euclidean`` or ``hamming``; None = the module's ``search_space``.
         k_values, metrics: cut-offs and metric families (``mP``, ``P``, ``AP``, ``nDCG``, ``nDCG_lin``,
-            ``kNN``), definitions in ``callbacks.retrieval_metrics`` / METRICS.md.
+            ``kNN``), definitions in ``callbacks.retrieval_metrics`` / docs/metrics.md.
         candidate_sets: ``all`` (keys ``val/mP@5``), ``same_patient`` / ``cross_patient`` (keys
             ``val/same_patient/AP@10``...), restricting the gallery by ``group_key``.
         protocols: ``all_queries`` (every query searches the gallery, the keys above) and/or ``paper``

@@ -1,4 +1,4 @@
-"""Exact, chunked k-nearest-neighbour search (METRICS.md: ranking with ties broken by gallery index).
+"""Exact, chunked k-nearest-neighbour search (docs/metrics.md: ranking with ties broken by gallery index).
 
 The Q x G distance matrix is never materialised: queries and gallery are processed in blocks of
 ``query_chunk x gallery_chunk``; each block's top-k is merged into a running top-k.

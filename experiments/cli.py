@@ -87,7 +87,7 @@ class RetrievalCLI(ReadableErrors, LightningCLI):
         super().__init__(RetrievalModule, RetrievalDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, seed_everything_default=0,
                          save_config_callback=ConfigToLoggers,
-                         parser_kwargs={"parser_mode": "omegaconf"},
+                         parser_kwargs={"parser_mode": "omegaconf+"},
                          save_config_kwargs={"overwrite": True}, args=args, run=run)
         if run:
             self.finish_wandb()

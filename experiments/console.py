@@ -8,10 +8,15 @@ SEARCH_COMMANDS = ("index", "search", "serve")  # query-by-example search (the `
 
 
 def medcbir(argv: Optional[Sequence[str]] = None) -> int:
-    """``medcbir {fit,validate,test,predict,index,search,serve} ...``; exit status 2 on a configuration or
+    """``medcbir {fit,validate,test,predict,report,index,search,serve} ...``; exit status 2 on a configuration or
     input error (printed as one line by ``experiments.errors.user_errors``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args[:1] == ["report"]:  # metrics.json of several runs -> one table + figure (experiments/report.py)
+            from experiments.report import main as report
+
+            report(args[1:])
+            return 0
         if args and args[0] in SEARCH_COMMANDS:
             from search.cli import main as search_main
 

@@ -43,6 +43,15 @@ def load_encoder_state(path: str, prefix: str = "encoder.") -> dict:
     return encoder
 
 
+def training_labels(datamodule) -> Tensor:
+    """Labels of the training split: from ``datamodule.rows['train']`` (DeepLesion) or the samples."""
+    rows = getattr(datamodule, "rows", {}).get("train")
+    if rows is not None:
+        return torch.tensor([r.lesion_type for r in rows], dtype=torch.int64)
+    dataset = datamodule.retrieval_dataset("train")
+    return torch.tensor([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=torch.int64)
+
+
 class SimCLRGeMFinetune(RetrievalModule):
     """Stage 2 of SimCLR-GeM: margin-loss fine-tuning of the stage-1 encoder (same embedding, cosine search).
 
@@ -58,7 +67,7 @@ class SimCLRGeMFinetune(RetrievalModule):
     Args:
         stage1_checkpoint: SimCLRGeM Lightning checkpoint whose encoder weights initialise this encoder
             (strict: the architecture arguments below must match stage 1); None = random init (warned).
-        backbone, pretrained, extra_channels, gem_p, learn_gem_p: encoder, as in stage 1.
+        backbone, pretrained, extra_channels, gem_p, learn_gem_p, small_stem: encoder, as in stage 1.
         margin: m (paper 0.8); distance: ``cosine`` (paper, d = 1 - cos) or ``euclidean``.
         optimizer, lr, momentum, weight_decay, lr_schedule: paper SGD, lr 0.01, momentum 0.9 (no weight decay
             given, constant lr).
@@ -69,14 +78,15 @@ class SimCLRGeMFinetune(RetrievalModule):
 
     def __init__(self, stage1_checkpoint: Optional[str] = None, backbone: str = "resnet18",
                  pretrained: Optional[str] = None, extra_channels: Sequence[int] = (512, 512),
-                 gem_p: float = 3.0, learn_gem_p: bool = True, margin: float = 0.8, distance: str = "cosine",
+                 gem_p: float = 3.0, learn_gem_p: bool = True, small_stem: bool = False, margin: float = 0.8,
+                 distance: str = "cosine",
                  optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
                  lr_schedule: str = "constant", augment: bool = True,
                  crop_scale: Tuple[float, float] = (0.8, 1.0), flip_p: float = 0.5):
         super().__init__()
         self.save_hyperparameters()
         check_optimizer(optimizer)
-        self.encoder = GeMEncoder(backbone, pretrained, extra_channels, gem_p, learn_gem_p)
+        self.encoder = GeMEncoder(backbone, pretrained, extra_channels, gem_p, learn_gem_p, small_stem=small_stem)
         self.criterion = MarginTripletLoss(margin, distance)
         self._views = ContrastiveViewsd(n_views=1, crop_scale=crop_scale, flip_p=flip_p, jitter_p=0.0,
                                         grayscale_p=0.0) if augment else None
@@ -95,6 +105,19 @@ class SimCLRGeMFinetune(RetrievalModule):
             raise ValueError(f"{CHECKPOINT_KEY}={path!r}: its encoder does not match this one ({problem}); set "
                              f"model.init_args.backbone / extra_channels as in stage 1")
         self.encoder.load_state_dict(state)
+
+    def on_fit_start(self) -> None:
+        """Refuse to train when the training split cannot hold a single labelled triplet (real DeepLesion's
+        train split is unlabelled): every batch would give a zero loss and nothing would be learnt."""
+        labels = training_labels(self.trainer.datamodule)
+        if not has_triplet(labels):
+            labelled = labels[labels >= 0]
+            raise ValueError(
+                f"stage 2 (margin loss) needs labelled triplets (anchor, positive of the same lesion type, negative "
+                f"of another) but the training split has {len(labelled)} labelled of {len(labels)} crops "
+                f"({len(torch.unique(labelled))} types). On DeepLesion only val / test carry lesion types: set "
+                f"data.init_args.train_splits=[val] (a held-out part of the val patients stays for validation) "
+                f"and data.init_args.include_unlabelled=false")
 
     def view_transform(self) -> Optional[ContrastiveViewsd]:
         return self._views
@@ -116,6 +139,7 @@ class SimCLRGeMFinetune(RetrievalModule):
         bs = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/labelled", (batch["label"] >= 0).float().mean(), batch_size=bs)
+        self.log("train/has_triplet", float(has_triplet(batch["label"].reshape(-1))), batch_size=bs)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int, stage: str = "val") -> None:

@@ -25,25 +25,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def metric_before_after(make_model, make_data, callback, epochs: int, key: str, tmp_path: Path):
-    """``key`` of ``trainer.test`` for the untrained model and after ``epochs`` of training, same seed (0)
-    and data: the "training improves retrieval" checks."""
-    import pytorch_lightning as pl
-
-    scores = []
-    for n in (0, epochs):
-        pl.seed_everything(0)
-        model, dm = make_model(), make_data()
-        trainer = pl.Trainer(accelerator="cpu", max_epochs=n, logger=False, enable_checkpointing=False,
-                             callbacks=[callback()], default_root_dir=tmp_path, enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-        if n:
-            trainer.fit(model, datamodule=dm)
-        scores.append(trainer.test(model, datamodule=dm, verbose=False)[0][key])
-    print(f"{key}: untrained {scores[0]:.3f} -> trained {scores[1]:.3f} after {epochs} epochs")
-    return scores
-
-
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """A tiny Task03_Liver phantom: 8 labelled volumes of 32 x 32 x 24 voxels."""
@@ -122,7 +103,7 @@ def chestxray_tiny_args(run_dir: Path) -> List[str]:
 def tiny_overrides(run_dir: Path, data_root: Path, image_size: int = 32) -> List[str]:
     """CLI arguments shrinking a phantom config to a few seconds of CPU work inside ``run_dir``."""
     return [f"--data.init_args.data_root={data_root}", f"--data.init_args.image_size={image_size}",
-            "--data.init_args.train_volumes=5", "--data.init_args.num_workers=0",
+            "--data.init_args.train_volumes=5", "--data.init_args.val_volumes=0", "--data.init_args.num_workers=0",
             "--data.init_args.slices_with_liver=3", "--data.init_args.slices_without_liver=2",
             "--data.init_args.batch_size=8", "--trainer.enable_progress_bar=false",
             f"--data.init_args.cache_dir={run_dir / 'cache'}",
