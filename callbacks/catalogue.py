@@ -11,7 +11,7 @@ in the pool; precision = positives among the top K / K, K = the number of positi
 Expert ranking (the paper's nDCG; its rankings are not public): a CSV with columns ``query``, ``image``,
 ``rank`` naming images by their CSV ``Path`` (ranks 1..n within a query's catalogue of n images). Graded
 relevance rel = ((n + 1) - rank) / 2 + 0.5 (rank 1 of 10 -> 5.5, rank 10 -> 1.0); the method ranks each
-catalogue by its own distance and nDCG@K uses the exponential gain 2^rel - 1 (METRICS.md), logged as
+catalogue by its own distance and nDCG@K uses the exponential gain 2^rel - 1 (docs/metrics.md), logged as
 ``<stage>/paper/nDCG_expert@K`` with ``n_expert_queries``.
 """
 from __future__ import annotations

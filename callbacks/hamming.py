@@ -1,4 +1,4 @@
-"""Exact Hamming top-k on bit-packed binary codes (METRICS.md tie rule: equal distances -> lower gallery index).
+"""Exact Hamming top-k on bit-packed binary codes (docs/metrics.md tie rule: equal distances -> lower gallery index).
 
 Codes (+-1 or {0, 1}, any D) are packed to bits, 64 per uint64 word (``pack_codes``): a 64-bit code takes 8
 bytes instead of 256 as float32. Search runs in ``query_chunk x gallery_chunk`` blocks: XOR + popcount

@@ -3,7 +3,7 @@
 Items carry a flat float vector ``attributes`` [F] made of named parts (``pack_attributes``); the DataModule
 says which part is where with ``attribute_layout`` (ordered ``{name: width}``). :class:`VisualSimilarity`
 compares two items part by part with a *measure* giving a similarity in [0, 1], and combines the parts by a
-weighted mean, the graded relevance rel in [0, 1] used as the gain of nDCG (linear gain, METRICS.md).
+weighted mean, the graded relevance rel in [0, 1] used as the gain of nDCG (linear gain, docs/metrics.md).
 
 Measures (``MEASURES``):
     iou        masks (any shape flattened, > 0.5 = inside): |A n B| / |A u B|; two empty masks give 1.
