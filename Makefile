@@ -19,14 +19,14 @@ test-fast:
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint:
-	$(BIN)/ruff check lightning_modules datamodules callbacks experiments search tests benchmarks
+	$(BIN)/ruff check lightning_modules datamodules callbacks experiments search medcbir_io tests benchmarks
 
 bench:
 	$(BIN)/python benchmarks/retrieval_search.py
 	$(BIN)/python benchmarks/lightning_overhead.py
 
 demo:
-	$(BIN)/python -m experiments fit --config experiments/configs/simsiam_hu_phantom.yaml
+	$(BIN)/python -m experiments fit --config experiments/configs/simsiam_hu_demo.yaml
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -73,7 +73,12 @@ def embed_dataset(trainer: pl.Trainer, pl_module: pl.LightningModule, dataset: D
     try:
         for batch in loader:
             images = batch["image"].to(pl_module.device)
-            parts.setdefault("embedding", []).append(pl_module.embed(images).float().cpu())
+            # Methods with extra embeddings (e.g. relaxed float codes of a hashing method) return them all
+            # from one forward pass: {"embedding": ..., "<variant>": ...}.
+            variants = getattr(pl_module, "embed_variants", None)
+            out = variants(images) if callable(variants) else {"embedding": pl_module.embed(images)}
+            for name, emb in out.items():
+                parts.setdefault(name, []).append(emb.float().cpu())
             for key in ("index", *keys):
                 if key in batch:
                     parts.setdefault(key, []).append(torch.as_tensor(batch[key]).cpu())

@@ -1,4 +1,5 @@
-"""``evaluate_retrieval``: exact search + METRICS.md metrics on plain arrays (numpy or torch)."""
+"""``evaluate_retrieval``: exact search + retrieval metrics on plain arrays (numpy or torch); the definitions
+and the query rule are in docs/metrics.md."""
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,15 +17,16 @@ from callbacks.retrieval_metrics import (
     ndcg_at_k,
     precision_at_k,
 )
-from callbacks.search import KEYED_CANDIDATES, block_mask, check_candidates, exact_topk
+from callbacks.search import KEYED_CANDIDATES, block_mask, check_candidates, check_distance, exact_topk
+from callbacks.validation import as_tensor, check_retrieval_inputs
 
 METRICS = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN", "kNN_F1")
 DEFAULT_METRICS = METRICS[:-1]  # kNN_F1 (lesion-type classification) on request
 ArrayLike = np.ndarray | Tensor
 
 
-def _tensor(x: ArrayLike | None, device: torch.device) -> Tensor | None:
-    return None if x is None else torch.as_tensor(x).to(device)
+def _tensor(x: ArrayLike | None, device: torch.device, name: str = "array") -> Tensor | None:
+    return None if x is None else as_tensor(x, name).to(device)
 
 
 def retrieved_relevance(rule: Rule, q_labels: Tensor, g_labels: Tensor, indices: Tensor,
@@ -122,7 +124,7 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
                        query_groups: ArrayLike | None = None, gallery_groups: ArrayLike | None = None,
                        candidates: str = "all", query_chunk: int = 4096, gallery_chunk: int = 4096,
                        return_neighbours: bool = False, pairwise_score=None):
-    """Exact retrieval metrics (METRICS.md) as a flat dict: ``{metric}@{k}`` for each k in ``k_values``
+    """Exact retrieval metrics (docs/metrics.md) as a flat dict: ``{metric}@{k}`` for each k in ``k_values``
     and each of ``metrics`` (mP, P, AP, nDCG [exp gain], nDCG_lin [linear gain], kNN [accuracy of the
     k-NN majority vote], kNN_F1 [its macro-F1 over the query classes]), plus the counts
     ``n_queries``, ``n_gallery`` and ``n_queries_without_relevant``.
@@ -131,11 +133,13 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
     relevance from ``relevance`` (see ``callbacks.relevance``) on the retrieved items only, R and the
     ideal ranking over all candidates in blocks.
 
-    Policy for queries without any relevant candidate (R == 0): they count as 0 in P@K, mP@K and kNN@K
-    (well defined), and are left out of the means of AP@K and nDCG@K (undefined, NaN per query); their
-    number is ``n_queries_without_relevant``. kNN@K / kNN_F1@K are only computed for single-label integer
-    labels (silently skipped for multi-label). With ``return_neighbours=True`` the result is
-    ``(metrics, distances [Q, kmax], indices [Q, kmax])`` from the search, for figures.
+    Query rule (docs/metrics.md): every metric of one call (one candidate set) is averaged over the SAME
+    queries, those with at least one relevant candidate (R > 0). A query without one (no candidate at all
+    in a restricted set, or none of its class) is not scored by any metric; otherwise P@1 and AP@1 would
+    average over different queries and disagree. Counts: ``n_queries`` (all), ``n_queries_scored`` and
+    ``n_queries_without_relevant``; with no scored query every metric is NaN. kNN@K / kNN_F1@K are only
+    computed for single-label integer labels (skipped for multi-label). With ``return_neighbours=True``
+    the result is ``(metrics, distances [Q, kmax], indices [Q, kmax])`` from the search, for figures.
 
     ``pairwise_score(queries, gallery) -> [q, g]`` (a similarity, see ``callbacks.pairwise``) replaces the
     embedding distance: the "embeddings" are then whatever per-item representation the scorer reads (e.g.
@@ -148,10 +152,13 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
     if not ks or ks[0] < 1:
         raise ValueError(f"k_values must be positive integers, got {list(k_values)}")
     rule = get_relevance(relevance)
-    q_emb = torch.as_tensor(query_embeddings)
+    q_emb = as_tensor(query_embeddings, "query_embeddings")
     dev = q_emb.device
-    g_emb = q_emb if gallery_embeddings is query_embeddings else _tensor(gallery_embeddings, dev)
-    q_lab, g_lab = _tensor(query_labels, dev), _tensor(gallery_labels, dev)
+    g_emb = q_emb if gallery_embeddings is query_embeddings else _tensor(gallery_embeddings, dev,
+                                                                         "gallery_embeddings")
+    q_lab, g_lab = _tensor(query_labels, dev, "query_labels"), _tensor(gallery_labels, dev, "gallery_labels")
+    check_distance(distance)
+    check_retrieval_inputs(q_emb, g_emb, q_lab, g_lab, rule, ks)
     aux = {"query_ids": _tensor(query_ids, dev), "gallery_ids": _tensor(gallery_ids, dev),
            "query_groups": _tensor(query_groups, dev), "gallery_groups": _tensor(gallery_groups, dev),
            "candidates": candidates}
@@ -174,14 +181,19 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
         "nDCG_lin": lambda k: ndcg_at_k(ranked, ideal, k, "linear"),
         "kNN": lambda k: knn_accuracy(neighbour_labels, q_lab, k),
     }
+    scored = n_rel > 0                      # the query rule: the same queries for every metric
+    n_scored = int(scored.sum())
     out: dict[str, float] = {}
     for k in ks:
         for m in metrics:
             if m.startswith("kNN") and not single_label:
                 continue
-            if m == "kNN_F1":
-                out[f"{m}@{k}"] = macro_f1(knn_predict(neighbour_labels, k), q_lab)
+            if not n_scored:
+                out[f"{m}@{k}"] = float("nan")
+            elif m == "kNN_F1":
+                out[f"{m}@{k}"] = macro_f1(knn_predict(neighbour_labels[scored], k), q_lab[scored])
             else:
-                out[f"{m}@{k}"] = float(torch.nanmean(per_query[m](k)))    # NaN only in AP / nDCG
-    out.update(n_queries=len(q_emb), n_gallery=len(g_emb), n_queries_without_relevant=int((n_rel == 0).sum()))
+                out[f"{m}@{k}"] = float(per_query[m](k)[scored].mean())
+    out.update(n_queries=len(q_emb), n_gallery=len(g_emb), n_queries_scored=n_scored,
+               n_queries_without_relevant=len(q_emb) - n_scored)
     return (out, dist, idx) if return_neighbours else out

@@ -1,7 +1,7 @@
 """Explanations of the representation (RELAX) during training: relevance rank accuracy and figures.
 
 Wickstrøm et al. 2022 explain CT-liver embeddings with RELAX and report, per epoch, how much of the
-explanation falls on the liver: relevance rank accuracy (RR, METRICS.md) against the organ mask.
+explanation falls on the liver: relevance rank accuracy (RR, docs/metrics.md) against the organ mask.
 """
 from __future__ import annotations
 

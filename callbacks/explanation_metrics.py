@@ -1,7 +1,7 @@
 """Relevance rank accuracy (Arras et al. 2022, CLEVR-XAI; ``quantus.RelevanceRankAccuracy``).
 
 With M = number of pixels of the ground-truth mask GT and P_top-M the M pixels of highest attribution,
-RR = |P_top-M ∩ GT| / M (per image; the ``RR`` key of /work/shared/METRICS.md). Attributions are used as
+RR = |P_top-M ∩ GT| / M (per image; the ``RR`` key of docs/metrics.md). Attributions are used as
 they are (no absolute value, no normalisation: quantus with ``abs=False, normalise=False``).
 
 Tie rule: pixels are ranked by attribution, descending, with equal attributions ordered by flattened
@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from callbacks.validation import as_tensor, check_maps
+
 
 def _as_maps(name: str, x: Tensor) -> Tensor:
     """[N, H, W] or [N, 1, H, W] -> [N, H*W]."""
@@ -20,7 +22,7 @@ def _as_maps(name: str, x: Tensor) -> Tensor:
         x = x[:, 0]
     if x.dim() != 3:
         raise ValueError(f"{name} must have shape [N, H, W] or [N, 1, H, W], got {tuple(x.shape)}")
-    return x.reshape(len(x), -1)
+    return x.reshape(len(x), x.shape[-2] * x.shape[-1])
 
 
 def relevance_rank_accuracy(attributions: Tensor, masks: Tensor) -> tuple[Tensor, int]:
@@ -28,12 +30,13 @@ def relevance_rank_accuracy(attributions: Tensor, masks: Tensor) -> tuple[Tensor
 
     ``masks`` are binary: a pixel is in the mask when its value is > 0.5.
     """
-    scores, inside = _as_maps("attributions", attributions), _as_maps("masks", masks) > 0.5
-    if scores.shape != inside.shape:
+    attributions, masks = as_tensor(attributions, "attributions"), as_tensor(masks, "masks")
+    scores, mask_values = _as_maps("attributions", attributions), _as_maps("masks", masks)
+    if scores.shape != mask_values.shape:
         raise ValueError(f"attributions {tuple(attributions.shape)} and masks {tuple(masks.shape)} "
                          "must describe the same N images of the same size")
-    if torch.isnan(scores).any():
-        raise ValueError("attributions contain NaN: relevance rank accuracy is undefined")
+    check_maps(scores, mask_values)
+    inside = mask_values > 0.5
     size = inside.sum(1)  # M per image
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     ranked_hits = inside.gather(1, order)  # ranked_hits[n, r] = pixel of rank r is in the mask

@@ -1,6 +1,6 @@
 """Relevance rules: ``rule(q_labels [q, ...], g_labels [g, ...]) -> Tensor[q, g]`` (float, >= 0).
 
-``binary`` rules give 0/1; graded rules any value >= 0 (used as rel_i in nDCG, METRICS.md). An item is
+``binary`` rules give 0/1; graded rules any value >= 0 (used as rel_i in nDCG, docs/metrics.md). An item is
 relevant when its relevance is > 0.
 """
 from collections.abc import Callable
@@ -33,7 +33,7 @@ class SharedLabelCount:
 
 class LabelOverlap(SharedLabelCount):
     """Multi-hot labels [N, C]: rel = 1 if query and item share >= 1 positive label (the X-ray hashing
-    paper's rule, METRICS.md; "No Finding" is one of the C labels)."""
+    paper's rule, docs/metrics.md; "No Finding" is one of the C labels)."""
 
     binary = True
 

@@ -14,9 +14,11 @@ from callbacks.distributed import embed_dataset
 from callbacks.evaluate import evaluate_retrieval, retrieved_relevance
 from callbacks.io import run_dir, update_json
 from callbacks.pairwise import pairwise_scorer
+from callbacks.protocol_checks import check_monitors, check_protocol
 from callbacks.provenance import evaluation_section
 from callbacks.relevance import make_relevance
 from callbacks.search import KEYED_CANDIDATES
+from callbacks.validation import check_policy, metric_keys, nan_metrics, screen_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class Neighbours:
 #: candidate set name in the config -> (exact_topk ``candidates``, key infix)
 CANDIDATE_SETS = {"all": ("all", ""), "same_patient": ("same_group", "same_patient/"),
                   "cross_patient": ("other_group", "cross_patient/"),
-                  "cross_patient_same_key": ("other_group_same_key", "cross_patient_same_{same_key}/")}
+                  "cross_patient_same_key": ("other_group_same_key", "cross_patient_same_key/")}
 
 
 class RetrievalEvaluation(Callback):
@@ -54,16 +56,25 @@ class RetrievalEvaluation(Callback):
         relevance_args: keyword arguments of the named relevance rule (e.g. visual_similarity's ``terms``).
         distance: ``cosine``, ``euclidean`` or ``hamming``; None = the module's ``search_space``.
         k_values, metrics: cut-offs and metric families (``mP``, ``P``, ``AP``, ``nDCG``, ``nDCG_lin``,
-            ``kNN``), definitions in ``callbacks.retrieval_metrics`` / METRICS.md.
+            ``kNN``), definitions in ``callbacks.retrieval_metrics`` / docs/metrics.md.
         candidate_sets: ``all`` (keys ``val/mP@5``), ``same_patient`` / ``cross_patient`` (keys
             ``val/same_patient/AP@10``...), restricting the gallery by ``group_key``;
             ``cross_patient_same_key``: other patients whose ``same_key`` equals the query's (e.g. ``same_key:
-            sequence``: a T2 query searches the other patients' T2 images; keys ``val/cross_patient_same_sequence/``).
+            sequence``: a T2 query searches the other patients' T2 images; keys ``val/cross_patient_same_key/``).
         protocols: ``all_queries`` (every query searches the gallery, the keys above) and/or ``paper``
             (IG-CBIR's seeded catalogues drawn from the query split, ``callbacks.catalogue``; keys
             ``val/paper/P@cat10`` ...); ``catalogue``: that protocol's settings (``CatalogueProtocol``).
         distance ``pairwise`` (or a module whose ``search_space`` is ``pairwise``): the module's
             ``pairwise_score`` ranks the gallery instead of an embedding distance (``callbacks.pairwise``).
+        non_finite: NaN / inf embeddings are never ranked. ``error`` (default) stops with a message naming
+            the split and the number of items; ``warn`` warns and logs NaN metrics for that evaluation
+            (``ModelCheckpoint`` ranks NaN below every real score).
+        key_prefix: inserted after the stage in every key (e.g. ``graded/`` -> ``val/graded/nDCG@10``), so two
+            instances with different protocols can log side by side (give them different metrics_filename).
+
+    Embedding variants: a module with ``embedding_variants = {name: distance}`` and ``embed_variants(images)
+    -> {"embedding": ..., name: ...}`` (e.g. attention hashing: binary codes + relaxed ``float`` codes) also
+    gets every metric of each variant, searched with that variant's distance, under ``<stage>/<name>/...``.
 
     Under DDP every rank embeds its shard, all ranks gather and de-duplicate by dataset index, then compute
     the same numbers, so ``ModelCheckpoint(monitor="val/mP@5")`` works on any rank. Validation and test
@@ -77,7 +88,8 @@ class RetrievalEvaluation(Callback):
                  candidate_sets: list[str] = ("all",), label_key: str = "label", group_key: str = "patient_id",
                  every_n_epochs: int = 1, batch_size: int | None = None,
                  metrics_filename: str = "metrics.json", protocols: list[str] = ("all_queries",),
-                 catalogue: dict | None = None, relevance_args: dict | None = None, same_key: str | None = None):
+                 catalogue: dict | None = None, relevance_args: dict | None = None, non_finite: str = "error",
+                 key_prefix: str = "", same_key: str | None = None):
         unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
         if unknown:
             raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
@@ -105,6 +117,8 @@ class RetrievalEvaluation(Callback):
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.metrics_filename = metrics_filename
+        self.non_finite = check_policy(non_finite)
+        self.key_prefix = key_prefix
         self.last_results: dict[str, dict[str, float]] = {}
         self.neighbours: dict[str, Neighbours] = {}
 
@@ -128,19 +142,31 @@ class RetrievalEvaluation(Callback):
         distance = self.distance or getattr(pl_module, "search_space", "cosine")
         scorer = pairwise_scorer(pl_module, distance)
         rule = make_relevance(self.relevance, self.relevance_args, trainer.datamodule)
+        if screen_embeddings({query_split: queries["embedding"], self.gallery_split: gallery["embedding"]}
+                             if not loo else {query_split: queries["embedding"]}, self.non_finite):
+            self.neighbours.pop(stage, None)
+            labels = torch.as_tensor(queries[self.label_key])
+            results = nan_metrics(metric_keys(self.metrics, self.k_values,
+                                              self.key_infixes(), stage,
+                                              single_label=labels.ndim == 1 and not labels.is_floating_point()))
+            self._write(trainer, stage, results, query_split, distance)
+            return results
         results: dict[str, float] = {}
         counts: dict[str, float] = {}
-        for name in self.candidate_sets if all_queries else []:
+        variants = [("embedding", distance, "")] + [
+            (name, dist, f"{name}/") for name, dist in getattr(pl_module, "embedding_variants", {}).items()]
+        pairs = [(v, c) for v in variants for c in self.candidate_sets] if all_queries else []
+        for (emb, dist, variant), name in pairs:
             candidates, infix = CANDIDATE_SETS[name]
-            infix = infix.format(same_key=self.same_key)
+            infix = f"{self.key_prefix}{variant}{infix}"
             needs_groups = candidates != "all"
             if candidates in KEYED_CANDIDATES:
                 q_groups, g_groups = (_keyed_groups(d, self.group_key, self.same_key) for d in (queries, gallery))
             else:
                 q_groups, g_groups = queries.get(self.group_key), gallery.get(self.group_key)
             values, distances, indices = evaluate_retrieval(
-                queries["embedding"], gallery["embedding"], queries[self.label_key], gallery[self.label_key],
-                k_values=self.k_values, distance=distance, relevance=rule, metrics=self.metrics,
+                queries[emb], gallery[emb], queries[self.label_key], gallery[self.label_key],
+                k_values=self.k_values, distance=dist, relevance=rule, metrics=self.metrics,
                 query_ids=queries["index"] if loo else None, gallery_ids=gallery["index"] if loo else None,
                 query_groups=q_groups if needs_groups else None,
                 gallery_groups=g_groups if needs_groups else None, candidates=candidates,
@@ -148,7 +174,7 @@ class RetrievalEvaluation(Callback):
             for key, value in values.items():
                 target = counts if key.startswith("n_") else results
                 target[f"{stage}/{infix}{key}"] = float(value)
-            if name == self.candidate_sets[0]:
+            if name == self.candidate_sets[0] and emb == "embedding":
                 self.neighbours[stage] = Neighbours(
                     query_split, query_split if loo else self.gallery_split, distance, distances, indices,
                     retrieved_relevance(rule, torch.as_tensor(queries[self.label_key]),
@@ -161,6 +187,10 @@ class RetrievalEvaluation(Callback):
                 distance, scorer).items()})
         self._write(trainer, stage, {**results, **counts}, query_split, distance)
         return results
+
+    def key_infixes(self) -> list[str]:
+        """The part between the stage and the metric in each logged key, per candidate set."""
+        return [self.key_prefix + CANDIDATE_SETS[c][1] for c in self.candidate_sets]
 
     def _write(self, trainer: pl.Trainer, stage: str, values: dict[str, float], query_split: str,
                distance: str) -> None:
@@ -184,6 +214,12 @@ class RetrievalEvaluation(Callback):
             pl_module.log(key, value, on_epoch=True, sync_dist=False, batch_size=1)
 
     # -- Lightning hooks -----------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Protocol and monitor keys checked before the first step (callbacks/protocol_checks.py)."""
+        check_protocol(self, trainer, stage)
+        if stage == "fit":
+            check_monitors(trainer.callbacks)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return

@@ -1,4 +1,4 @@
-"""Per-query retrieval metrics on ranked relevance (definitions: /work/shared/METRICS.md).
+"""Per-query retrieval metrics on ranked relevance (definitions: docs/metrics.md).
 
 ``ranked_rel [Q, K']`` holds rel_i of the items at ranks 1..K' (0 for missing items); an item is a hit
 when rel_i > 0. Columns beyond K' count as non-relevant. Results are float64 per query.

@@ -1,4 +1,4 @@
-"""Exact, chunked k-nearest-neighbour search (METRICS.md: ranking with ties broken by gallery index).
+"""Exact, chunked k-nearest-neighbour search (docs/metrics.md: ranking with ties broken by gallery index).
 
 The Q x G distance matrix is never materialised: queries and gallery are processed in blocks of
 ``query_chunk x gallery_chunk``; each block's top-k is merged into a running top-k.
@@ -7,6 +7,8 @@ The Q x G distance matrix is never materialised: queries and gallery are process
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from callbacks.validation import check_search_inputs
 
 DISTANCES = ("cosine", "euclidean", "hamming")
 CANDIDATES = ("all", "same_group", "other_group", "other_group_same_key")
@@ -164,9 +166,12 @@ def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine
     Sorted by ascending distance, ties broken by ascending gallery index. Pairs excluded by
     ``candidate_mask`` (equal ids, group rule) never appear; missing slots get index -1, distance inf.
     Memory: inputs + one ``query_chunk x gallery_chunk`` block + O(Q k); computed on the inputs' device.
+    ``hamming`` searches bit-packed codes (:mod:`callbacks.hamming`; float embeddings are an error).
     """
     check_distance(distance)
     check_candidates(candidates, query_groups, gallery_groups)
+    check_search_inputs(queries, gallery, distance, k, query_ids=query_ids, gallery_ids=gallery_ids,
+                        query_groups=query_groups, gallery_groups=gallery_groups)
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
         raise ValueError(f"need [Q, D] and [G, D] inputs, got {tuple(queries.shape)}, {tuple(gallery.shape)}")
     n_q, n_g = queries.shape[0], gallery.shape[0]
@@ -174,6 +179,9 @@ def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine
         raise ValueError(f"k={k} must be between 1 and the gallery size {n_g}")
     if query_chunk < 1 or gallery_chunk < 1:
         raise ValueError("query_chunk and gallery_chunk must be >= 1")
+    if distance == "hamming":
+        return _hamming_topk(queries, gallery, k, [query_ids, gallery_ids, query_groups, gallery_groups],
+                             candidates, query_chunk, gallery_chunk)
     dev = queries.device
     q = prepare(queries, distance)
     g = q if gallery is queries else prepare(gallery.to(dev), distance)
@@ -200,3 +208,20 @@ def exact_topk(queries: Tensor, gallery: Tensor, k: int, distance: str = "cosine
         out_d[qs:qe], out_i[qs:qe] = run_d, run_i
     out_i.masked_fill_(torch.isinf(out_d), -1)
     return out_d, out_i
+
+
+def _hamming_topk(queries: Tensor, gallery: Tensor, k: int, aux: list, candidates: str, query_chunk: int,
+                  gallery_chunk: int) -> tuple[Tensor, Tensor]:
+    """``exact_topk`` for distance="hamming": bit-packed search (:mod:`callbacks.hamming`), same exclusions
+    and tie rule; float (non-binary) embeddings are a ValueError."""
+    from callbacks.hamming import hamming_topk
+
+    aux = [None if t is None else torch.as_tensor(t).cpu() for t in aux]
+    restricted = (aux[0] is not None and aux[1] is not None) or candidates != "all"
+
+    def mask_fn(qs: int, qe: int, gs: int, ge: int):
+        mask = block_mask(aux, qs, qe, gs, ge, candidates)
+        return None if mask is None else mask.numpy()
+
+    return hamming_topk(queries, gallery, k, mask_fn=mask_fn if restricted else None, restricted=restricted,
+                        query_chunk=min(query_chunk, 256), gallery_chunk=gallery_chunk)

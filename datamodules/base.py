@@ -2,7 +2,7 @@
 
 Every dataset family subclasses :class:`RetrievalDataModule` and only builds ``self.datasets``, a mapping
 ``split name -> Dataset`` of *evaluation* samples (no random augmentation). Samples are dicts with the keys
-of the batch contract (DESIGN.md): ``image`` (float tensor C x H x W), ``label`` (int, or multi-hot),
+of the batch contract (README, Architecture): ``image`` (float tensor C x H x W), ``label`` (int, or multi-hot),
 ``patient_id`` (int), ``index`` (position of the sample in its split's dataset), optional ``mask``
 (organ segmentation, 1 x H x W) and dataset extras (e.g. ``hu``, the slice in Hounsfield units).
 

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from callbacks.io import atomic_write
+from medcbir_io import atomic_write
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -72,7 +72,7 @@ def _new_file_mode() -> int:
 
 
 def save_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write a cache file so that readers never see a partial file (:func:`callbacks.io.atomic_write`: a
+    """Write a cache file so that readers never see a partial file (:func:`medcbir_io.atomic_write`: a
     temporary file in the same folder, then ``os.replace``), readable as a file ``open`` creates would be."""
 
     def write(f: BinaryIO) -> None:

@@ -28,7 +28,7 @@ from datamodules.cache import cache_key, ensure_data_root, file_stats, npz_cache
 from datamodules.transforms.hounsfield import HounsfieldWindowd, check_window
 
 log = logging.getLogger(__name__)
-LIVER_LABELS = (1, 2)  # liver + cancer = the liver mask (DATASETS.md)
+LIVER_LABELS = (1, 2)  # liver + cancer = the liver mask
 CACHE_VERSION = 1
 PHANTOM_COMMAND = "medcbir-phantom liver --root {root}"
 
@@ -100,9 +100,12 @@ def read_decathlon_index(root: Path) -> list[LiverVolume]:
     return [volumes[k] for k in sorted(volumes)]
 
 
-def choose_slices(has_liver: np.ndarray, n_with: int, n_without: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted z: ``n_with`` random slices containing liver and ``n_without`` without (fewer if absent)."""
-    with_z, without_z = np.flatnonzero(has_liver), np.flatnonzero(~has_liver)
+def choose_slices(has_liver: np.ndarray, n_with: int, n_without: int, rng: np.random.Generator,
+                  eligible: np.ndarray | None = None) -> np.ndarray:
+    """Sorted z: ``n_with`` random slices containing liver and ``n_without`` without (fewer if absent), among
+    the ``eligible`` slices (default all)."""
+    ok = np.ones_like(has_liver, bool) if eligible is None else eligible
+    with_z, without_z = np.flatnonzero(has_liver & ok), np.flatnonzero(~has_liver & ok)
     picked = [rng.choice(with_z, min(n_with, with_z.size), replace=False),
               rng.choice(without_z, min(n_without, without_z.size), replace=False)]
     return np.sort(np.concatenate(picked)).astype(np.int64)
@@ -150,7 +153,9 @@ class DecathlonLiverDataModule(RetrievalDataModule):
     ``slices_without_liver`` without are drawn at random (seeded by ``slice_seed`` and the volume number).
     The first ``train_volumes`` volumes by number train, the rest test (paper: 100 / 31 -> 1000 / 310 slices);
     ``val_volumes`` > 0 takes validation volumes from the end of the training ones, 0 makes the val split the
-    test split (the paper evaluates on the test slices every epoch).
+    test split (the paper evaluates on the test slices every epoch). ``min_liver_fraction`` > 0 leaves out
+    slices whose liver covers less than that fraction of the slice (a few edge pixels): they are neither
+    clear positives nor negatives.
 
     Samples: ``image`` float32 [3, S, S] (wide HU ``window`` scaled to [0, 1], grey stacked to 3 channels),
     ``hu`` float32 [1, S, S] (Hounsfield units; method views are computed from it), ``mask`` float32
@@ -173,6 +178,7 @@ class DecathlonLiverDataModule(RetrievalDataModule):
     def __init__(self, data_root: str, image_size: int = 224, slices_with_liver: int = 5,
                  slices_without_liver: int = 5, train_volumes: int = 100, val_volumes: int = 0,
                  window: tuple[float, float] = (-200.0, 300.0), slice_seed: int = 0,
+                 min_liver_fraction: float = 0.0,
                  cache_dir: str | None = None, synthesize_if_missing: bool = False, phantom_volumes: int = 16,
                  batch_size: int = 32, num_workers: int = 2, predict_split: str = "test", train_views=None,
                  seed: int | None = None):
@@ -196,6 +202,9 @@ class DecathlonLiverDataModule(RetrievalDataModule):
         self.train_volumes, self.val_volumes = int(train_volumes), int(val_volumes)
         self.window = check_window(window, "window")
         self.slice_seed = int(slice_seed)
+        if not 0.0 <= float(min_liver_fraction) < 1.0:
+            raise ValueError(f"min_liver_fraction={min_liver_fraction}: expected a fraction in [0, 1)")
+        self.min_liver_fraction = float(min_liver_fraction)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.synthesize_if_missing = synthesize_if_missing
         self.phantom_volumes = int(phantom_volumes)
@@ -231,7 +240,7 @@ class DecathlonLiverDataModule(RetrievalDataModule):
         if self.cache_dir is None:
             return None
         key = cache_key(CACHE_VERSION, file_stats((vol.image, vol.label)), self.image_size, self.slices_with_liver,
-                        self.slices_without_liver, self.slice_seed, vol.patient_id)
+                        self.slices_without_liver, self.slice_seed, vol.patient_id, self.min_liver_fraction)
         return self.cache_dir / f"liver_{vol.patient_id}-{key}.npz"
 
     def _decode(self, vol: LiverVolume) -> dict[str, np.ndarray]:
@@ -248,7 +257,9 @@ class DecathlonLiverDataModule(RetrievalDataModule):
             return {"hu": empty, "mask": empty.astype(np.uint8), "label": np.zeros(0, np.int64),
                     "slice_index": np.zeros(0, np.int64), "notes": np.array(notes)}
         rng = np.random.default_rng([self.slice_seed, vol.patient_id])
-        z = choose_slices(has_liver, self.slices_with_liver, self.slices_without_liver, rng)
+        # A sliver of liver (below min_liver_fraction of the slice) is neither a clear positive nor a negative.
+        eligible = ~has_liver | (liver.mean(axis=(0, 1)) >= self.min_liver_fraction)
+        z = choose_slices(has_liver, self.slices_with_liver, self.slices_without_liver, rng, eligible)
         n_with = int(has_liver[z].sum())
         if n_with < self.slices_with_liver or len(z) - n_with < self.slices_without_liver:
             notes.append(f"{vol.label}: only {n_with} slices with liver and {len(z) - n_with} without "

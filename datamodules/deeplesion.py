@@ -34,6 +34,7 @@ CACHE_VERSION = 1
 AIR_HU = -1024.0  # fill outside the image when a crop window is larger than the image
 FULL_WINDOW = (-1024.0, 3071.0)  # the 12-bit CT range: lungs, soft tissue and bone in one window
 SPLIT_CODES = {"1": "train", "2": "val", "3": "test"}
+SPLITS = tuple(SPLIT_CODES.values())
 FILES_PER_SHARD = 256  # PNGs decoded and cached together
 PHANTOM_COMMAND = "medcbir-phantom deeplesion --root {root}"
 _FILE_NAME = re.compile(r"^(\d+_\d+_\d+)_(\d+)\.png$")
@@ -56,6 +57,7 @@ class LesionRow:
     dicom_window: tuple[float, float]
     image_size: tuple[int, int]
     diameters: tuple[float, float]
+    spacing_mm: float = 0.0  # in-plane pixel spacing (Spacing_mm_px_)
 
     def png(self, root: Path) -> Path:
         """``000001_01_01_109.png`` -> ``root/Images_png/000001_01_01/109.png``."""
@@ -121,7 +123,8 @@ def read_dl_info(root: Path) -> list[LesionRow]:
                 _numbers(csv_path, line, "DICOM_windows", rec["DICOM_windows"], 2, "low, high HU"),
                 (int(size[0]), int(size[1])),
                 _numbers(csv_path, line, "Lesion_diameters_Pixel_", rec["Lesion_diameters_Pixel_"], 2,
-                         "long, short")))
+                         "long, short"),
+                _numbers(csv_path, line, "Spacing_mm_px_", rec["Spacing_mm_px_"], 3, "x, y, z in mm")[0]))
     return rows
 
 
@@ -135,13 +138,15 @@ def read_hu_png(path: Path) -> np.ndarray:
         return np.asarray(img).astype(np.int32) - HU_OFFSET
 
 
-def crop_window(box: Sequence[float], shape: tuple[int, int], crop_size: int) -> tuple[np.ndarray, int]:
-    """``(start [x, y], side)`` of the square window :func:`lesion_crop` cuts from an image of ``shape`` (h, w)."""
+def crop_window(box: Sequence[float], shape: tuple[int, int], crop_size: int,
+                window: int | None = None) -> tuple[np.ndarray, int]:
+    """``(start [x, y], side)`` of the square window :func:`lesion_crop` cuts from an image of ``shape`` (h, w):
+    the box extended symmetrically to ``window`` pixels (default ``crop_size``), or the whole box when larger."""
     x1, y1, x2, y2 = (float(v) for v in box)
     h, w = shape
     lo = np.floor([x1, y1]).astype(int)
     hi = np.ceil([x2, y2]).astype(int)
-    side = int(max(crop_size, *(hi - lo + 1)))
+    side = int(max(window or crop_size, *(hi - lo + 1)))
     start = np.floor(np.array([x1 + x2, y1 + y2]) / 2 - (side - 1) / 2 + 0.5).astype(int)
     start = np.clip(start, hi - side + 1, lo)  # the box's pixels stay inside the window
     for axis, size in enumerate((w, h)):  # shift inside the image when it is large enough
@@ -150,31 +155,37 @@ def crop_window(box: Sequence[float], shape: tuple[int, int], crop_size: int) ->
     return start, side
 
 
-def box_in_crop(box: Sequence[float], shape: tuple[int, int], crop_size: int) -> np.ndarray:
+def box_in_crop(box: Sequence[float], shape: tuple[int, int], crop_size: int,
+                window: int | None = None) -> np.ndarray:
     """The lesion box in the crop's pixel-edge coordinates ``[x1, y1, x2, y2]`` (pixel i spans [i, i + 1]),
     for drawing it on the crop."""
-    start, side = crop_window(box, shape, crop_size)
+    start, side = crop_window(box, shape, crop_size, window)
     x1, y1, x2, y2 = (float(v) for v in box)
     scale = crop_size / side
     return np.array([(x1 - start[0]) * scale, (y1 - start[1]) * scale, (x2 + 1 - start[0]) * scale,
                      (y2 + 1 - start[1]) * scale], np.float32)
 
 
-def lesion_crop(hu: np.ndarray, box: Sequence[float], crop_size: int, fill: float = AIR_HU) -> np.ndarray:
+def lesion_crop(hu: np.ndarray, box: Sequence[float], crop_size: int, fill: float = AIR_HU,
+                window: int | None = None) -> np.ndarray:
     """Square float32 HU crop [crop_size, crop_size] around a lesion box ``(x1, y1, x2, y2)`` (Qi et al.).
 
-    The window is the box extended symmetrically to ``crop_size`` pixels, or the whole box when larger (its
-    longer side, so the aspect is kept), shifted to lie inside the image (padded with ``fill`` only where
-    the image is smaller than the window), and area-resized to ``crop_size`` when larger.
+    The window is the box extended symmetrically to ``window`` pixels (default ``crop_size``), or the whole
+    box when larger (its longer side, so the aspect is kept), shifted to lie inside the image (padded with
+    ``fill`` only where the image is smaller than the window), then area-resized to ``crop_size`` when
+    larger (bilinear when smaller).
     """
     h, w = hu.shape
-    start, side = crop_window(box, (h, w), crop_size)
+    start, side = crop_window(box, (h, w), crop_size, window)
     out = np.full((side, side), fill, np.float32)
     (cx, cy), (ex, ey) = start, start + side
     src = hu[max(cy, 0):min(ey, h), max(cx, 0):min(ex, w)]
     out[max(cy, 0) - cy:max(cy, 0) - cy + src.shape[0], max(cx, 0) - cx:max(cx, 0) - cx + src.shape[1]] = src
-    if side != crop_size:
+    if side > crop_size:
         out = F.adaptive_avg_pool2d(torch.from_numpy(out)[None], crop_size)[0].numpy()  # "area" resize
+    elif side < crop_size:
+        out = F.interpolate(torch.from_numpy(out)[None, None], size=(crop_size, crop_size), mode="bilinear",
+                            align_corners=False)[0, 0].numpy()
     return out
 
 
@@ -193,8 +204,10 @@ class DeepLesionDataModule(RetrievalDataModule):
     DeepLesion (3DCE, MICCAI 2018) so that lung, soft-tissue and bone lesions all keep their contrast;
     ``use_dicom_window`` uses each row's DICOM_windows instead (the window the radiologist read it in).
     Unlabelled rows (-1) serve self-supervised training only (``include_unlabelled``); val / test keep
-    labelled rows. The real training split is entirely unlabelled, so supervised stages train on val (as
-    the authors' code does).
+    labelled rows. The real training split is entirely unlabelled (only val and test carry lesion types), so
+    a supervised stage names the labelled split it trains on: ``train_splits: [val]`` trains on the val
+    lesions of all but a held-out ``val_holdout`` fraction of the val patients, which stay the val split
+    (model selection); test is never trained on.
 
     Each PNG is decoded once per setup (rows sharing a key slice share the read); crops and Frangi maps
     are computed in shards of PNGs, and with ``cache_dir`` stored per shard (keyed by file paths, sizes,
@@ -210,6 +223,12 @@ class DeepLesionDataModule(RetrievalDataModule):
             ``frangi_alpha`` / ``frangi_beta`` / ``frangi_gamma`` / ``frangi_black_ridges`` are the
             parameters of Frangi et al. 1998 (paper: scales 1..9 step 0.2, alpha 1, beta 0.6, gamma 0.0444).
         include_unlabelled: keep the -1 rows in the train split (for self-supervised training).
+        train_splits: DL_info splits (``train``, ``val``) whose rows form the training set (default
+            ``[train]``); ``test`` is refused.
+        val_holdout: with ``val`` in ``train_splits``, the fraction of val patients kept out of training as
+            the val split (chosen with a fixed seed; at least one patient).
+        crop_mm: crop side in millimetres (from Spacing_mm_px_) instead of ``crop_size`` source pixels; the
+            crop is then resized to ``crop_size``. None (paper): ``crop_size`` pixels of the source slice.
         cache_dir: persistent cache of crops and Frangi maps (None: decode on every setup).
         synthesize_if_missing / phantom_patients: write the synthetic phantom when ``data_root`` is missing.
         batch_size: 256 by default: 64 x 64 crops are small and SimCLR's NT-Xent wants many negatives.
@@ -224,7 +243,8 @@ class DeepLesionDataModule(RetrievalDataModule):
                  frangi_scales: tuple[float, float, float] = (1.0, 9.0, 0.2), frangi_alpha: float = 1.0,
                  frangi_beta: float = 0.6, frangi_gamma: float = 0.0444, frangi_black_ridges: bool = False,
                  frangi_input: bool = False,
-                 include_unlabelled: bool = True, cache_dir: str | None = None,
+                 include_unlabelled: bool = True, train_splits: Sequence[str] = ("train",),
+                 val_holdout: float = 0.3, crop_mm: float | None = None, cache_dir: str | None = None,
                  synthesize_if_missing: bool = False, phantom_patients: int = 40,
                  batch_size: int = 256, num_workers: int = 2, predict_split: str = "test", train_views=None,
                  seed: int | None = None):
@@ -247,6 +267,18 @@ class DeepLesionDataModule(RetrievalDataModule):
                                   beta=float(frangi_beta), gamma=float(frangi_gamma),
                                   black_ridges=bool(frangi_black_ridges))
         self.include_unlabelled = bool(include_unlabelled)
+        self.train_splits = [str(x) for x in ([train_splits] if isinstance(train_splits, str) else train_splits)]
+        bad = [x for x in self.train_splits if x not in ("train", "val")]
+        if bad or not self.train_splits:
+            raise ValueError(f"train_splits={list(self.train_splits)}: expected a non-empty list of 'train' and/or "
+                             f"'val' (DL_info Train_Val_Test 1 / 2); the test split is never trained on")
+        if "val" in self.train_splits and not 0.0 < float(val_holdout) < 1.0:
+            raise ValueError(f"val_holdout={val_holdout}: with 'val' in train_splits, expected a fraction in "
+                             f"(0, 1) of val patients held out for validation")
+        self.val_holdout = float(val_holdout)
+        if crop_mm is not None and not float(crop_mm) > 0:
+            raise ValueError(f"crop_mm={crop_mm}: expected a positive size in millimetres, or null")
+        self.crop_mm = float(crop_mm) if crop_mm is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.synthesize_if_missing = bool(synthesize_if_missing)
         self.phantom_patients = int(phantom_patients)
@@ -303,8 +335,16 @@ class DeepLesionDataModule(RetrievalDataModule):
                     raise ValueError(f"{path}: image is {hu.shape[0]} x {hu.shape[1]} but Image_size on "
                                      f"line {row.line} of DL_info.csv says {row.image_size[0]} x "
                                      f"{row.image_size[1]}")
-            crops[i] = lesion_crop(hu, row.box, self.crop_size)
+            crops[i] = lesion_crop(hu, row.box, self.crop_size, window=self.window_pixels(row))
         return crops
+
+    def window_pixels(self, row: LesionRow) -> int:
+        """Side of the crop window in source pixels: ``crop_size``, or ``crop_mm`` / the row's spacing."""
+        if self.crop_mm is None:
+            return self.crop_size
+        if not row.spacing_mm > 0:
+            raise ValueError(f"DL_info.csv line {row.line}: Spacing_mm_px_ {row.spacing_mm} must be > 0 for crop_mm")
+        return max(4, int(round(self.crop_mm / row.spacing_mm)))
 
     def _windows(self, rows: list[LesionRow]) -> np.ndarray:
         if self.use_dicom_window:
@@ -320,7 +360,7 @@ class DeepLesionDataModule(RetrievalDataModule):
     def _shard_key(self, rows: list[LesionRow]) -> str:
         """Cache key of a shard's crops: PNG paths, sizes and mtimes, boxes, crop settings."""
         files = list(dict.fromkeys(r.png(self.data_root) for r in rows))
-        return cache_key(CACHE_VERSION, self.crop_size, AIR_HU, file_stats(files),
+        return cache_key(CACHE_VERSION, self.crop_size, AIR_HU, self.crop_mm, file_stats(files),
                          [(r.file_name, r.box) for r in rows], length=20)
 
     def _cache_file(self, kind: str, key: str) -> Path | None:
@@ -380,13 +420,30 @@ class DeepLesionDataModule(RetrievalDataModule):
 
         return dicom_window
 
+    def split_rows(self, rows: list[LesionRow]) -> dict[str, list[int]]:
+        """Row positions of the train / val / test datasets (see ``train_splits`` and ``val_holdout``)."""
+        labelled = {s: [i for i, r in enumerate(rows) if r.split == s and r.lesion_type != -1] for s in SPLITS}
+        val = labelled["val"]
+        held = set()
+        if "val" in self.train_splits:
+            patients = sorted({rows[i].patient_id for i in val})
+            n_held = max(1, round(self.val_holdout * len(patients))) if patients else 0
+            held = set(np.random.default_rng(0).permutation(patients)[:n_held].tolist())
+            val = [i for i in val if rows[i].patient_id in held]
+        train = []
+        for split in self.train_splits:
+            if split == "train":
+                train += [i for i, r in enumerate(rows) if r.split == "train"
+                          and (r.lesion_type != -1 or self.include_unlabelled)]
+            else:
+                train += [i for i in labelled["val"] if rows[i].patient_id not in held]
+        return {"train": sorted(train), "val": val, "test": labelled["test"]}
+
     def build_datasets(self) -> dict[str, MonaiDataset]:
         rows = self._lesion_rows()
         decoded = self.decode(rows)
         datasets = {}
-        for split in ("train", "val", "test"):
-            keep = [i for i, r in enumerate(rows) if r.split == split
-                    and (r.lesion_type != -1 or (split == "train" and self.include_unlabelled))]
+        for split, keep in self.split_rows(rows).items():
             dropped = sum(1 for r in rows if r.split == split and r.lesion_type == -1 and split != "train")
             if dropped:
                 log.warning("DeepLesion %s: %d unlabelled rows (Coarse_lesion_type -1) left out of "
@@ -397,7 +454,8 @@ class DeepLesionDataModule(RetrievalDataModule):
                 rec = {"hu": torch.from_numpy(decoded["hu"][i:i + 1]), "label": torch.tensor(r.lesion_type),
                        "patient_id": torch.tensor(r.patient_id), "study_id": torch.tensor(r.study_id),
                        "index": torch.tensor(len(records)),
-                       "box": torch.from_numpy(box_in_crop(r.box, r.image_size, self.crop_size))}
+                       "box": torch.from_numpy(box_in_crop(r.box, r.image_size, self.crop_size,
+                                                           self.window_pixels(r)))}
                 if self.frangi:
                     rec["vesselness"] = torch.from_numpy(decoded["vesselness"][i:i + 1])
                 if self.use_dicom_window:

@@ -64,4 +64,4 @@ class ResumableDataLoader(DataLoader):
         if done >= len(self):  # saved at the end of an epoch: the next one starts from its beginning
             epoch, done = epoch + 1, 0
         self.sampler.set_epoch(epoch)
-        self.sampler.skip_samples = done * self.batch_size
+        self.sampler.skip_samples = done * (self.batch_size or 1)  # batch_size None: the sampler yields batches

@@ -29,6 +29,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from datamodules.base import RetrievalDataModule
 from experiments import noise, run_folders
+from experiments.errors import ReadableErrors, user_errors
 from experiments.summary import print_summary
 from lightning_modules.base import RetrievalModule
 
@@ -77,7 +78,7 @@ def latest_version(save_dir: str, name: str) -> Optional[str]:
     return max(runs, key=order).name
 
 
-class RetrievalCLI(LightningCLI):
+class RetrievalCLI(ReadableErrors, LightningCLI):
     """LightningCLI with the project's base classes, W&B options and resume-in-place."""
 
     def __init__(self, args=None, run: bool = True):
@@ -86,7 +87,7 @@ class RetrievalCLI(LightningCLI):
         super().__init__(RetrievalModule, RetrievalDataModule, subclass_mode_model=True,
                          subclass_mode_data=True, seed_everything_default=0,
                          save_config_callback=ConfigToLoggers,
-                         parser_kwargs={"parser_mode": "omegaconf"},
+                         parser_kwargs={"parser_mode": "omegaconf+"},
                          save_config_kwargs={"overwrite": True}, args=args, run=run)
         if run:
             self.finish_wandb()
@@ -150,4 +151,5 @@ class RetrievalCLI(LightningCLI):
 
 
 def main(args=None) -> RetrievalCLI:
-    return RetrievalCLI(args=args)
+    with user_errors():  # a bad key, value, file or checkpoint: one line, exit status 2
+        return RetrievalCLI(args=args)

@@ -35,6 +35,12 @@ class RetrievalModule(pl.LightningModule):
             return per_device
         return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Stamp the project's checkpoint format (read back by ``components.checkpoints.check_format``)."""
+        from lightning_modules.components.checkpoints import CHECKPOINT_FORMAT
+
+        checkpoint["medcbir_format"] = CHECKPOINT_FORMAT
+
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Embeddings with the identifiers needed to re-analyse them (index, label, patient id)."""

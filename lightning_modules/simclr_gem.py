@@ -31,6 +31,7 @@ class SimCLRGeM(RetrievalModule):
         backbone: timm CNN name (paper: ``resnet18``).
         pretrained: local weights file for the backbone, or None (random init).
         extra_channels: widths of the two extra 3x3 conv-BN-ReLU layers after the backbone.
+        small_stem: 3x3 stride-1 ResNet stem (authors' code; 4x4 map for GeM at 64 px) instead of timm's 7x7 stride 2.
         gem_p: initial GeM exponent (paper 3); learn_gem_p: learn it (paper: yes).
         proj_hidden_dim / proj_dim: SimCLR projection head g widths (Linear-BN-ReLU-Linear).
         temperature: NT-Xent temperature t (reference code 0.1).
@@ -40,6 +41,9 @@ class SimCLRGeM(RetrievalModule):
         lr, momentum, weight_decay: paper lr 0.05, weight decay 1e-5; momentum 0.9 (SimCLR).
         lr_schedule: ``cosine`` (paper, per epoch to 0 over ``trainer.max_epochs``; paper 1000 epochs) or
             ``constant``.
+        trust_coefficient, warmup_epochs: LARS eta (SimCLR / lightly 0.001) and linear warm-up epochs (SimCLR
+            10; the lesion paper gives none). With eta 0.001 a step moves a conv weight by ~lr * 1e-3 of its
+            norm: short runs need ``optimizer: sgd`` (phantom configs) or a SimCLR-size lr.
         hu_windows: None = views from ``image``; else two HU windows [low, high], one per view, computed
             from the crop's ``hu`` (each window scaled to [0, 1]).
         crop_scale, flip_p, jitter, jitter_p, grayscale_p, blur_p, blur_sigma: SimCLR augmentations (random
@@ -50,9 +54,11 @@ class SimCLRGeM(RetrievalModule):
 
     def __init__(self, backbone: str = "resnet18", pretrained: Optional[str] = None,
                  extra_channels: Sequence[int] = (512, 512), gem_p: float = 3.0, learn_gem_p: bool = True,
+                 small_stem: bool = False,
                  proj_hidden_dim: int = 512, proj_dim: int = 128, temperature: float = 0.1,
                  gather_distributed: bool = True, optimizer: str = "lars", lr: float = 0.05,
                  momentum: float = 0.9, weight_decay: float = 1e-5, lr_schedule: str = "cosine",
+                 trust_coefficient: float = 0.001, warmup_epochs: int = 0,
                  hu_windows: Optional[List[Tuple[float, float]]] = None,
                  crop_scale: Tuple[float, float] = (0.08, 1.0), flip_p: float = 0.5,
                  jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2), jitter_p: float = 0.8,
@@ -62,7 +68,7 @@ class SimCLRGeM(RetrievalModule):
         check_optimizer(optimizer)
         if hu_windows is not None and len(hu_windows) != 2:
             raise ValueError(f"model.hu_windows={hu_windows!r}: SimCLR needs exactly 2 windows (one per view)")
-        self.encoder = GeMEncoder(backbone, pretrained, extra_channels, gem_p, learn_gem_p)
+        self.encoder = GeMEncoder(backbone, pretrained, extra_channels, gem_p, learn_gem_p, small_stem=small_stem)
         self.projector = SimCLRProjectionHead(self.encoder.num_features, proj_hidden_dim, proj_dim)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
         # Fail at construction, not in a dataloader worker, on a bad view configuration.
@@ -104,4 +110,5 @@ class SimCLRGeM(RetrievalModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        return optimizer_with_schedule(self, h.optimizer, h.lr, h.momentum, h.weight_decay, h.lr_schedule)
+        return optimizer_with_schedule(self, h.optimizer, h.lr, h.momentum, h.weight_decay, h.lr_schedule,
+                                       h.trust_coefficient, h.warmup_epochs)

@@ -99,6 +99,8 @@ class SimSiam(RetrievalModule):
         self.validation_step(batch, batch_idx, stage="test")
 
     def configure_optimizers(self):
-        lr = self.hparams.lr or self.hparams.base_lr * self.global_batch_size(32) / 256
+        lr = self.hparams.lr
+        if lr is None:  # lr: 0 is a valid explicit value, not "unset"
+            lr = self.hparams.base_lr * self.global_batch_size(32) / 256
         return sgd_with_schedule(self, lr, self.hparams.momentum, self.hparams.weight_decay,
                                  self.hparams.lr_schedule)

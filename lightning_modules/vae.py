@@ -50,14 +50,21 @@ class VAE(RetrievalModule):
         beta: weight of the KL term (1 = the VAE of Kingma & Welling).
         reconstruction: ``bce`` or ``mse``.
         lr: Adam learning rate.
+        distance: search space of mu: ``euclidean`` (default) or ``cosine`` (the lesion paper ranks its VAE
+            baseline by cosine). The paper's VAE has a ResNet-18 encoder; this one is the small conv encoder
+            above (a documented difference).
     """
 
     search_space = "euclidean"
 
     def __init__(self, image_size: int = 64, in_chans: int = 3, channels: Sequence[int] = (32, 64, 128, 256),
-                 latent_dim: int = 128, beta: float = 1.0, reconstruction: str = "bce", lr: float = 1e-3):
+                 latent_dim: int = 128, beta: float = 1.0, reconstruction: str = "bce", lr: float = 1e-3,
+                 distance: str = "euclidean"):
         super().__init__()
         self.save_hyperparameters()
+        if distance not in ("euclidean", "cosine"):
+            raise ValueError(f"model.distance={distance!r}: expected 'euclidean' or 'cosine'")
+        self.search_space = distance
         if reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"model.reconstruction={reconstruction!r}: expected one of {RECONSTRUCTIONS}")
         factor = 2 ** len(channels)

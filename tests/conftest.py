@@ -1,8 +1,10 @@
 """Shared fixtures: tiny synthetic datasets written once per session, and the CLI run in-process."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import List
 
@@ -21,25 +23,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def metric_before_after(make_model, make_data, callback, epochs: int, key: str, tmp_path: Path):
-    """``key`` of ``trainer.test`` for the untrained model and after ``epochs`` of training, same seed (0)
-    and data: the "training improves retrieval" checks."""
-    import pytorch_lightning as pl
-
-    scores = []
-    for n in (0, epochs):
-        pl.seed_everything(0)
-        model, dm = make_model(), make_data()
-        trainer = pl.Trainer(accelerator="cpu", max_epochs=n, logger=False, enable_checkpointing=False,
-                             callbacks=[callback()], default_root_dir=tmp_path, enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-        if n:
-            trainer.fit(model, datamodule=dm)
-        scores.append(trainer.test(model, datamodule=dm, verbose=False)[0][key])
-    print(f"{key}: untrained {scores[0]:.3f} -> trained {scores[1]:.3f} after {epochs} epochs")
-    return scores
 
 
 @pytest.fixture(scope="session")
@@ -94,13 +77,33 @@ def tiny_args(config: Path, run_dir: Path, phantom_root: Path, deeplesion_root: 
                 f"--data.init_args.cache_dir={run_dir / 'cache'}", "--trainer.enable_progress_bar=false",
                 f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
         return args + (["--model.init_args.image_size=32"] if "lightning_modules.vae.VAE" in text else [])
+    if "ChestXray14DataModule" in text:
+        return chestxray_tiny_args(run_dir)
     return tiny_overrides(run_dir, phantom_root)
+
+
+@functools.lru_cache(maxsize=None)
+def chestxray_phantom() -> Path:
+    """A small ChestX-ray14 phantom (90 patients, 32 px, > 100 training images for P@100), written once per
+    session into a temporary folder."""
+    from datamodules.synthetic.chestxray14 import write_chestxray14_phantom
+
+    return write_chestxray14_phantom(Path(tempfile.mkdtemp(prefix="cx14-")) / "ChestX-ray14", n_patients=90,
+                                     image_size=32)
+
+
+def chestxray_tiny_args(run_dir: Path) -> List[str]:
+    """Tiny overrides for the ChestX-ray14 configs (attention hashing): 16 px, narrow attention net."""
+    return [f"--data.init_args.data_root={chestxray_phantom()}", "--data.init_args.image_size=16",
+            "--data.init_args.num_workers=0", f"--data.init_args.cache_dir={run_dir / 'cache'}",
+            "--model.init_args.attention_channels=[4,4,8,8,8]", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}"]
 
 
 def tiny_overrides(run_dir: Path, data_root: Path, image_size: int = 32) -> List[str]:
     """CLI arguments shrinking a phantom config to a few seconds of CPU work inside ``run_dir``."""
     return [f"--data.init_args.data_root={data_root}", f"--data.init_args.image_size={image_size}",
-            "--data.init_args.train_volumes=5", "--data.init_args.num_workers=0",
+            "--data.init_args.train_volumes=5", "--data.init_args.val_volumes=0", "--data.init_args.num_workers=0",
             "--data.init_args.slices_with_liver=3", "--data.init_args.slices_without_liver=2",
             "--data.init_args.batch_size=8", "--trainer.enable_progress_bar=false",
             f"--data.init_args.cache_dir={run_dir / 'cache'}",

@@ -29,3 +29,21 @@ class WeightsDigest(pl.Callback):
         for name, tensor in sorted(pl_module.state_dict().items()):
             digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
         Path(self.folder, f"rank{trainer.global_rank}.sha256").write_text(digest.hexdigest())
+
+
+class NaNEmbeddingsFrom(pl.Callback):
+    """From epoch ``epoch`` on, every second embedding is NaN (a model that diverged mid-fit)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch >= self.epoch and not getattr(pl_module, "_nan_patched", False):
+            embed = pl_module.embed
+
+            def nan_embed(images):
+                out = embed(images).clone()
+                out[1::2] = float("nan")
+                return out
+
+            pl_module.embed, pl_module._nan_patched = nan_embed, True

@@ -12,24 +12,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pytorch_lightning as pl
-import torch
 
-
-class FrozenWeights(pl.Callback):
-    """Equal-steps control: restores every parameter after each optimiser step, so only buffers (BatchNorm
-    running mean / variance) change. Works for any method and optimiser (momentum, weight decay, LARS)."""
-
-    def on_train_start(self, trainer, pl_module):
-        self._saved = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        with torch.no_grad():
-            for n, p in pl_module.named_parameters():
-                p.copy_(self._saved[n])
-
-    def on_train_end(self, trainer, pl_module):
-        for n, p in pl_module.named_parameters():
-            assert torch.equal(p.detach(), self._saved[n]), f"control weight {n} moved"
+from callbacks.learning_curve import FrozenWeights
 
 
 @dataclass
@@ -38,13 +22,14 @@ class LearningResult:
     untrained: float
     control: float
     trained: float
+    n_queries: int = 0  # queries scored by the metric (the retrieval callback's count)
 
     def passed(self, margin: float) -> bool:
         return self.trained > max(self.untrained, self.control) + margin
 
 
 def _score(make_model, make_data, make_callback, epochs: int, key: str, tmp_path: Path, seed: int,
-           frozen: bool, trainer_kwargs: dict) -> float:
+           frozen: bool, trainer_kwargs: dict) -> tuple[float, int]:
     pl.seed_everything(seed)
     model, dm = make_model(), make_data()
     extra = [FrozenWeights()] if frozen else []
@@ -54,7 +39,9 @@ def _score(make_model, make_data, make_callback, epochs: int, key: str, tmp_path
                          limit_val_batches=0, **trainer_kwargs)
     if epochs:
         trainer.fit(model, datamodule=dm)
-    return float(trainer.test(model, datamodule=dm, verbose=False)[0][key])
+    value = float(trainer.test(model, datamodule=dm, verbose=False)[0][key])
+    counts = next((cb.last_results.get("test", {}) for cb in trainer.callbacks if hasattr(cb, "last_results")), {})
+    return value, int(counts.get(f"{key.rsplit('/', 1)[0]}/n_queries_scored", 0))
 
 
 def learning_check(make_model: Callable, make_data: Callable, make_callback: Callable, epochs: int, key: str,
@@ -62,12 +49,12 @@ def learning_check(make_model: Callable, make_data: Callable, make_callback: Cal
     """``key`` of ``trainer.test`` for the untrained model, the frozen-weights control after ``epochs``, and
     the trained model after ``epochs``; same seed, data and batches for all three."""
     kw = dict(trainer_kwargs or {})
-    untrained = _score(make_model, make_data, make_callback, 0, key, tmp_path, seed, False, kw)
-    control = _score(make_model, make_data, make_callback, epochs, key, tmp_path, seed, True, kw)
-    trained = _score(make_model, make_data, make_callback, epochs, key, tmp_path, seed, False, kw)
-    result = LearningResult(seed, untrained, control, trained)
+    untrained, n_queries = _score(make_model, make_data, make_callback, 0, key, tmp_path, seed, False, kw)
+    control, _ = _score(make_model, make_data, make_callback, epochs, key, tmp_path, seed, True, kw)
+    trained, _ = _score(make_model, make_data, make_callback, epochs, key, tmp_path, seed, False, kw)
+    result = LearningResult(seed, untrained, control, trained, n_queries)
     print(f"{key} seed {seed}: untrained {untrained:.3f}  control (frozen weights) {control:.3f}  "
-          f"trained {trained:.3f}  ({epochs} epochs)")
+          f"trained {trained:.3f}  ({epochs} epochs, {n_queries} queries)")
     return result
 
 

@@ -43,6 +43,27 @@ def test_cross_patient_average_precision_by_hand():
     assert metrics["P@2"] == pytest.approx(0.5)  # every query has exactly one hit in its top 2
 
 
+def test_restricted_sets_score_every_metric_on_the_same_queries():
+    """12 lesions, patient 3 has a single lesion (no same-patient candidate) and patient 2's lesions share
+    no type: P@1 must equal AP@1 in every candidate set, and the scored count is reported."""
+    rng = torch.Generator().manual_seed(0)
+    emb = torch.randn(12, 4, generator=rng)
+    patient = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3])
+    kind = torch.tensor([1, 1, 2, 2, 1, 2, 1, 2, 1, 2, 3, 1])
+    ids = torch.arange(12)
+    for candidates in ("all", "same_group", "other_group"):
+        m = evaluate_retrieval(emb, emb, kind, kind, k_values=[1, 10], distance="cosine",
+                               metrics=["mP", "P", "AP", "kNN"], query_ids=ids, gallery_ids=ids,
+                               query_groups=patient, gallery_groups=patient, candidates=candidates)
+        assert m["P@1"] == pytest.approx(m["AP@1"]) == pytest.approx(m["mP@1"]), candidates
+        assert m["n_queries_scored"] + m["n_queries_without_relevant"] == m["n_queries"] == 12
+    same = evaluate_retrieval(emb, emb, kind, kind, k_values=[1], distance="cosine", query_ids=ids,
+                              gallery_ids=ids, query_groups=patient, gallery_groups=patient,
+                              candidates="same_group")
+    # Unscored: lesion 11 (patient 3, alone), 8, 9, 10 (patient 2, no shared type).
+    assert same["n_queries_scored"] == 8
+
+
 def test_cross_patient_same_key_keeps_other_patients_with_the_query_key():
     # key = image sequence: lesions 0, 2, 4 are sequence 0, lesions 1, 3, 5 sequence 1.
     seq = torch.tensor([0, 1, 0, 1, 0, 1])

@@ -68,23 +68,25 @@ def test_hounsfield_windowd_output_key_and_channels():
 
 # -- phantom writer -----------------------------------------------------------------------------------------
 def test_phantom_volumes_are_abdominal_ct_in_hu(phantom_root):
-    liver_slices = []
+    liver_slices, n_slices = [], set()
     for n in range(8):
         image, img = load(phantom_root / "imagesTr" / f"liver_{n}.nii.gz")
         label, _ = load(phantom_root / "labelsTr" / f"liver_{n}.nii.gz")
-        assert image.shape == label.shape == SHAPE and image.dtype == np.int16 and label.dtype == np.uint8
+        assert image.shape == label.shape and image.dtype == np.int16 and label.dtype == np.uint8
+        assert image.shape[:2] == SHAPE[:2] and 0.7 * SHAPE[2] - 1 <= image.shape[2] <= 1.3 * SHAPE[2] + 1
+        n_slices.add(image.shape[2])  # the scanned extent varies per patient
         assert set(np.unique(label)) <= {0, 1, 2} and (label == 1).any()
         sx, sy, sz = img.header.get_zooms()
         assert 0.7 <= sx <= 1.0 and 0.7 <= sy <= 1.0 and 2.0 <= sz <= 5.0
         assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
         assert abs(image[:3, :3].mean() + 1000) < 20  # air outside the body
-        assert 60 <= image[label == 1].mean() <= 110  # contrast-enhanced liver
+        assert 55 <= image[label == 1].mean() <= 110  # contrast-enhanced liver (edges blurred on small bodies)
         if (label == 2).sum() > 20:
             assert image[label == 2].mean() < image[label == 1].mean() - 20  # hypodense lesions
         assert (image.max(axis=(0, 1)) >= 400).all()  # vertebra in every slice
         assert image.min() >= -1024 and image.max() <= 3071
         liver_slices.append(np.isin(label, (1, 2)).any(axis=(0, 1)).mean())
-    assert 0.3 <= np.mean(liver_slices) <= 0.7  # liver in about half the slices
+    assert 0.25 <= np.mean(liver_slices) <= 0.7 and len(n_slices) > 2  # liver in about 2 / 5 of the slices
     assert (phantom_root / "imagesTr" / "._liver_0.nii.gz").is_file()
     assert (phantom_root / "labelsTr" / "._liver_0.nii.gz").is_file()
 
@@ -117,7 +119,7 @@ def test_phantom_command(tmp_path, capsys):
     root = tmp_path / "Task03_Liver"
     main(["--root", str(root), "--volumes", "2", "--test-volumes", "1", "--shape", "16", "16", "12"])
     assert "wrote" in capsys.readouterr().out
-    assert load(root / "imagesTr" / "liver_1.nii.gz")[0].shape == (16, 16, 12)
+    assert load(root / "imagesTr" / "liver_1.nii.gz")[0].shape[:2] == (16, 16)
 
 
 # -- DataModule ---------------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def test_label_shape_differs_from_image(phantom_copy):
     label_path = phantom_copy / "labelsTr" / "liver_1.nii.gz"
     label, img = load(label_path)
     nib.save(nib.Nifti1Image(label[:, :, :20], img.affine), str(label_path))
-    expected = r"imagesTr/liver_1\.nii\.gz.*\(32, 32, 24\).*labelsTr/liver_1\.nii\.gz.*\(32, 32, 20\)"
+    expected = rf"imagesTr/liver_1\.nii\.gz.*\(32, 32, {label.shape[2]}\).*labelsTr/liver_1\.nii\.gz.*\(32, 32, 20\)"
     with pytest.raises(ValueError, match=expected):
         make_dm(phantom_copy).setup()
 

@@ -123,9 +123,9 @@ def test_lesion_types_look_different(lesion_root):
         x = torch.stack([s["hu"] for s in samples]).clamp(-1000, 1000)
         return torch.nn.functional.avg_pool2d(x, 4).flatten(1), torch.stack([s["label"] for s in samples])
 
-    (xg, yg), (xq, yq) = pooled("train", "val"), pooled("test")
+    (xg, yg), (xq, yq) = pooled("train", "val"), pooled("test")   # train is unlabelled, as in the real data
     accuracy = (yg[torch.cdist(xq, xg).argmin(1)] == yq).float().mean()
-    assert accuracy > 0.45, accuracy  # chance (largest class) is about 0.2
+    assert accuracy > 0.3, accuracy  # chance (largest class) is about 0.2; gallery = the ~70 val lesions only
 
 
 def test_splits_by_patient_and_unlabelled_only_in_train(lesion_root):

@@ -36,7 +36,7 @@ def test_hand_computed_leave_one_out():
         # kNN@2: q0 [0, 1] tie -> nearest 0 (hit); q1 [0, 1] (hit);
         #        q2 [0, 0], q3 [1, 1], q4 [0, 1] tie -> 0 (misses)
         "kNN@2": 2 / 5,
-        "n_queries": 5, "n_gallery": 5, "n_queries_without_relevant": 0,
+        "n_queries": 5, "n_gallery": 5, "n_queries_scored": 5, "n_queries_without_relevant": 0,
     }
     assert m == pytest.approx(expected, rel=1e-12)
 
@@ -46,12 +46,12 @@ def test_queries_without_relevant_policy():
     # gallery) and label -1 (unlabelled): the last two have no relevant item.
     q = np.array([[0.0], [1.0], [2.0]], dtype=np.float32)
     m = evaluate_retrieval(q, X, np.array([0, 2, -1]), Y, k_values=(1, 2), distance="euclidean")
-    assert m["n_queries_without_relevant"] == 2
-    assert m["P@2"] == pytest.approx(1 / 3)                     # counted as 0: (1 + 0 + 0) / 3
-    assert m["mP@2"] == pytest.approx(1 / 3)
-    assert m["kNN@1"] == pytest.approx(1 / 3)
-    assert m["AP@2"] == pytest.approx(1.0)                      # skipped: only the first query, (1 + 1) / 2
+    assert m["n_queries_without_relevant"] == 2 and m["n_queries_scored"] == 1 and m["n_queries"] == 3
+    # One rule for every metric: only the first query is scored (docs/metrics.md).
+    assert m["P@2"] == m["mP@2"] == m["kNN@1"] == m["AP@2"] == pytest.approx(1.0)
     assert m["nDCG@2"] == pytest.approx(1.0)
+    none = evaluate_retrieval(q[1:], X, np.array([2, -1]), Y, k_values=(1,), distance="euclidean")
+    assert none["n_queries_scored"] == 0 and all(np.isnan(none[k]) for k in ("P@1", "AP@1", "kNN@1"))
 
 
 def test_return_neighbours_and_input_types():
@@ -130,8 +130,8 @@ def test_label_overlap_multilabel():
     m = evaluate_retrieval(x, x, labels, labels, k_values=(1,), distance="euclidean",
                            relevance="label_overlap", query_ids=np.arange(4), gallery_ids=np.arange(4))
     # nearest (self excluded): 0->1 (rel), 1->0 (rel), 2->1 (no), 3->2 (no); query 2 has no relevant item
-    assert m["P@1"] == pytest.approx(0.5) and m["n_queries_without_relevant"] == 1
-    assert m["AP@1"] == pytest.approx(2 / 3)
+    assert m["n_queries_without_relevant"] == 1                # query 2 is not scored by any metric
+    assert m["P@1"] == m["AP@1"] == pytest.approx(2 / 3)
 
 
 def test_same_label_unlabelled_never_relevant():

@@ -1,4 +1,4 @@
-"""Writers of tiny synthetic datasets in the real on-disk formats (see DATASETS.md), for tests and demos,
+"""Writers of tiny synthetic datasets in the real on-disk formats, for tests and demos,
 and the drawing helpers they share (:mod:`datamodules.synthetic.shapes`).
 
 Imported lazily, so ``python -m datamodules.synthetic.ct_liver_phantom`` runs without a runpy warning.

@@ -42,16 +42,24 @@ def _band(t, lo, hi, peak=0.5):
     return np.sin(np.pi * s ** gamma) ** 0.6 * ((t > lo) & (t < hi))
 
 
-def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, patient: int = 0):
+def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, patient: int = 0,
+                  vary_extent: bool = True):
     """One abdominal CT phantom: (image int16 HU, label uint8, affine), arrays shaped ``shape`` = (x, y, z).
 
     Drawn in display coordinates (rows anterior -> posterior, columns patient right -> left), then
-    transposed to the NIfTI (x, y, z) array. Deterministic in (seed, patient).
+    transposed to the NIfTI (x, y, z) array. Deterministic in (seed, patient). With ``vary_extent`` (default)
+    the number of slices (0.7-1.3 x shape[2]) and the body range the scan covers vary per patient, so the
+    slice index alone does not tell where the liver is.
     """
     rng = np.random.default_rng([seed, patient])
     nx, ny, nz = shape
     u = rng.uniform
-    t = (np.arange(nz) + 0.5) / nz  # 0 = inferior (pelvis side), 1 = superior (diaphragm)
+    if vary_extent:  # scans differ in length and in where they start and stop along the body
+        nz = max(8, int(round(nz * u(0.7, 1.3))))
+        t0, t1 = u(-0.2, 0.12), u(0.88, 1.2)
+    else:
+        t0, t1 = 0.0, 1.0
+    t = t0 + (t1 - t0) * (np.arange(nz) + 0.5) / nz  # body level: 0 = inferior (pelvis side), 1 = diaphragm
     tz = _zcol(t)
     y, x = np.meshgrid((np.arange(ny) + 0.5) / ny * 2 - 1, (np.arange(nx) + 0.5) / nx * 2 - 1, indexing="ij")
     # x: -1 patient's right (image left) .. +1 left; y: -1 anterior (top) .. +1 posterior
@@ -62,8 +70,8 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
     field = smooth_field(rng, img.shape)
 
     # Body: ellipse flatter posteriorly (supine patient), size breathing slowly along z.
-    ax = _zcol(u(0.78, 0.92) * (1 + 0.04 * np.sin(2 * np.pi * (t * u(0.5, 1.5) + u(0, 1)))))
-    by = _zcol(np.full(nz, u(0.56, 0.72)))
+    ax = _zcol(u(0.62, 0.94) * (1 + 0.04 * np.sin(2 * np.pi * (t * u(0.5, 1.5) + u(0, 1)))))
+    by = _zcol(np.full(nz, u(0.45, 0.74)))  # body size varies per patient (slim to large)
     bx0, by0 = u(-0.04, 0.04), u(0.0, 0.06)
     byy = np.where(y > by0, by * 0.92, by)
     body = ellipse(x, y, bx0, by0, ax, byy) < 1
@@ -75,7 +83,7 @@ def liver_phantom(shape: tuple[int, int, int] = (64, 64, 40), seed: int = 0, pat
     img[cavity] = (-85 + 25 * field + 25 * smooth_field(rng, img.shape, (6, 9, 9)))[cavity]
 
     # Liver band along z (about half the slices) and lung bases from just below the dome upwards.
-    lc, lh = u(0.5, 0.68), u(0.22, 0.3)
+    lc, lh = u(0.45, 0.72), u(0.16, 0.3)  # liver height and extent vary per patient
     lo, hi = lc - lh, lc + lh
     lung_lo = hi - u(0.04, 0.14)
     lprof = _zcol(np.sqrt(np.clip((t - lung_lo) / 0.25, 0, 1)))

@@ -20,8 +20,8 @@ kidneys 150-200, blood pool 130-250, bone 300-950, lungs -850 with vessels) in r
 8 pelvis: mass or node (some cystic) among bladder, rectum, iliac vessels and pelvic bones.
 
 Splits are by patient (Train_Val_Test 1 / 2 / 3, about 60 / 20 / 20 %, stratified by type so that val and
-test hold every type; real: 70 / 15 / 15 %); in the training split a fraction of
-the rows is unlabelled (Coarse_lesion_type -1), as most real training lesions are. The type is in the
+test hold every type; real: 70 / 15 / 15 %); as in the real data the training split is
+unlabelled (Coarse_lesion_type -1; ``unlabelled_fraction``) and only val and test carry lesion types. The type is in the
 lesion and its surroundings only: file names, positions and slice numbers do not encode it.
 Same seed -> byte-identical files.
 
@@ -467,11 +467,12 @@ def _key_slice(p: _Patient, lesions: list[_Lesion], level: float, spacing: float
 
 
 def write_deeplesion_phantom(root: str | Path, n_patients: int = 40, image_size: int = 128, seed: int = 0,
-                             unlabelled_fraction: float = 0.5) -> Path:
+                             unlabelled_fraction: float = 1.0) -> Path:
     """Write a tiny DeepLesion-format dataset (about 9 lesions per patient) at ``root``; return ``root``.
 
     Patients have 2-5 studies; each study shows each of the patient's lesions (90 %) on a key slice of
-    series 1. ``unlabelled_fraction`` of the training rows get Coarse_lesion_type -1. Deterministic in
+    series 1. ``unlabelled_fraction`` of the training rows get Coarse_lesion_type -1 (1.0, the real layout:
+    only val and test carry lesion types). Deterministic in
     ``seed``.
     """
     if n_patients < 3 or image_size < 32:
@@ -527,7 +528,7 @@ def main(argv=None) -> None:
     parser.add_argument("--root", default="data/phantom/DeepLesion", help="DeepLesion folder to write")
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--unlabelled-fraction", type=float, default=0.5)
+    parser.add_argument("--unlabelled-fraction", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     root = write_deeplesion_phantom(args.root, args.patients, args.image_size, args.seed,

@@ -8,6 +8,8 @@ from datamodules.transforms.hounsfield import (
     check_window,
     hounsfield_window,
 )
+from datamodules.transforms.xray import XrayInversiond, invert_xray
 
 __all__ = ["LIVER_WINDOW", "PAPER_SIGMAS", "WIDE_WINDOW", "Frangid", "HounsfieldWindowd", "Window", "check_window",
-           "frangi_sigmas", "frangi_vesselness", "hounsfield_window"]
+           "frangi_sigmas", "frangi_vesselness", "hounsfield_window",
+           "invert_xray", "XrayInversiond"]

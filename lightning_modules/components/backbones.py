@@ -8,6 +8,8 @@ from typing import Optional
 import timm
 import torch.nn as nn
 
+from lightning_modules.components.checkpoints import read_checkpoint
+
 
 def create_backbone(name: str, pretrained: Optional[str] = None, in_chans: int = 3,
                     pooled: bool = True) -> nn.Module:
@@ -38,4 +40,13 @@ def create_backbone(name: str, pretrained: Optional[str] = None, in_chans: int =
                 f"model.pretrained={pretrained!r}: weights file not found (expected a local .pth/.safetensors "
                 f"file for {name}; downloads are not possible here)")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    return timm.create_model(name, **kwargs)
+    try:
+        return timm.create_model(name, **kwargs)
+    except Exception as err:
+        if not pretrained:
+            raise
+        if not str(pretrained).endswith(".safetensors"):
+            read_checkpoint(pretrained, "model.pretrained")  # a bad file: one message naming it
+        reason = " ".join(str(err).split())[:300]
+        raise ValueError(f"model.pretrained={pretrained!r}: cannot be loaded into the {name} backbone "
+                         f"({type(err).__name__}: {reason}); expected a state_dict of timm's {name}") from err

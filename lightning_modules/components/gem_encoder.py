@@ -30,13 +30,22 @@ class GeMEncoder(nn.Module):
         gem_p: initial GeM exponent (paper: 3, learnable).
         learn_gem_p: learn p (True in the paper).
         in_chans: input channels.
+        small_stem: replace the ResNet stem's 7x7 stride-2 convolution by a 3x3 stride-1 one (the authors'
+            code for 64 px crops): the last feature map is 4x4 instead of 2x2 at 64 px, so GeM pools 16
+            positions, not 4. Needs a backbone with a ``conv1`` (timm ResNets).
     """
 
     def __init__(self, backbone: str = "resnet18", pretrained: Optional[str] = None,
                  extra_channels: Sequence[int] = (512, 512), gem_p: float = 3.0, learn_gem_p: bool = True,
-                 in_chans: int = 3):
+                 in_chans: int = 3, small_stem: bool = False):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained, in_chans=in_chans, pooled=False)
+        if small_stem:
+            conv = getattr(self.backbone, "conv1", None)
+            if not isinstance(conv, nn.Conv2d):
+                raise ValueError(f"model.small_stem=true needs a ResNet-like backbone with a 'conv1' convolution; "
+                                 f"model.backbone={backbone!r} has none")
+            self.backbone.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
         widths = [self.backbone.num_features, *map(int, extra_channels)]
         self.extra = nn.Sequential(*(conv_bn_relu(i, o) for i, o in zip(widths[:-1], widths[1:])))
         self.pool = GeM(gem_p, learn_p=learn_gem_p)

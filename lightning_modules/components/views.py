@@ -36,9 +36,9 @@ class ContrastiveViewsd(MapTransform):
         if window_scaling not in ("paper", "reference"):
             raise ValueError(f"window_scaling={window_scaling!r}: expected 'paper' or 'reference'")
         self.windows = [tuple(map(float, w)) for w in windows] if windows else None
-        for w in self.windows or []:
+        for i, w in enumerate(self.windows or []):
             if len(w) != 2 or w[0] >= w[1]:
-                raise ValueError(f"HU window {w}: expected [low, high] with low < high")
+                raise ValueError(f"hu_windows[{i}]={list(w)}: expected an HU window [low, high] with low < high")
         self.source_key = source_key or ("hu" if self.windows else "image")
         super().__init__(keys=[self.source_key])
         self.window_scaling = window_scaling
