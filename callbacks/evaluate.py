@@ -17,7 +17,7 @@ from callbacks.retrieval_metrics import (
     ndcg_at_k,
     precision_at_k,
 )
-from callbacks.search import block_mask, check_candidates, check_distance, exact_topk
+from callbacks.search import KEYED_CANDIDATES, block_mask, check_candidates, check_distance, exact_topk
 from callbacks.validation import as_tensor, check_retrieval_inputs
 
 METRICS = ("mP", "P", "AP", "nDCG", "nDCG_lin", "kNN", "kNN_F1")
@@ -105,7 +105,8 @@ def relevant_candidates(rule: Rule, q_labels: Tensor, g_labels: Tensor, k: int, 
     ids = None if query_ids is None or gallery_ids is None else (query_ids, gallery_ids)
     groups = None if candidates == "all" else (query_groups, gallery_groups)
     keys = [q_labels, g_labels] + list(ids or ()) + list(groups or ())
-    if isinstance(rule, SameLabel) and q_labels.ndim == 1 and not any(t.is_floating_point() for t in keys):
+    if isinstance(rule, SameLabel) and q_labels.ndim == 1 and not any(t.is_floating_point() for t in keys) \
+            and candidates not in KEYED_CANDIDATES:
         r, ideal = _same_label_counts(q_labels, g_labels, ids, groups, candidates), None
     else:
         r, ideal = _scan(rule, q_labels, g_labels, k, not is_binary(rule), aux, candidates,

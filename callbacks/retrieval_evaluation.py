@@ -17,6 +17,7 @@ from callbacks.pairwise import pairwise_scorer
 from callbacks.protocol_checks import check_monitors, check_protocol
 from callbacks.provenance import evaluation_section
 from callbacks.relevance import make_relevance
+from callbacks.search import KEYED_CANDIDATES
 from callbacks.validation import check_policy, metric_keys, nan_metrics, screen_embeddings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class Neighbours:
 
 #: candidate set name in the config -> (exact_topk ``candidates``, key infix)
 CANDIDATE_SETS = {"all": ("all", ""), "same_patient": ("same_group", "same_patient/"),
-                  "cross_patient": ("other_group", "cross_patient/")}
+                  "cross_patient": ("other_group", "cross_patient/"),
+                  "cross_patient_same_key": ("other_group_same_key", "cross_patient_same_key/")}
 
 
 class RetrievalEvaluation(Callback):
@@ -56,7 +58,9 @@ class RetrievalEvaluation(Callback):
         k_values, metrics: cut-offs and metric families (``mP``, ``P``, ``AP``, ``nDCG``, ``nDCG_lin``,
             ``kNN``), definitions in ``callbacks.retrieval_metrics`` / docs/metrics.md.
         candidate_sets: ``all`` (keys ``val/mP@5``), ``same_patient`` / ``cross_patient`` (keys
-            ``val/same_patient/AP@10``...), restricting the gallery by ``group_key``.
+            ``val/same_patient/AP@10``...), restricting the gallery by ``group_key``;
+            ``cross_patient_same_key``: other patients whose ``same_key`` equals the query's (e.g. ``same_key:
+            sequence``: a T2 query searches the other patients' T2 images; keys ``val/cross_patient_same_key/``).
         protocols: ``all_queries`` (every query searches the gallery, the keys above) and/or ``paper``
             (IG-CBIR's seeded catalogues drawn from the query split, ``callbacks.catalogue``; keys
             ``val/paper/P@cat10`` ...); ``catalogue``: that protocol's settings (``CatalogueProtocol``).
@@ -85,10 +89,13 @@ class RetrievalEvaluation(Callback):
                  every_n_epochs: int = 1, batch_size: int | None = None,
                  metrics_filename: str = "metrics.json", protocols: list[str] = ("all_queries",),
                  catalogue: dict | None = None, relevance_args: dict | None = None, non_finite: str = "error",
-                 key_prefix: str = ""):
+                 key_prefix: str = "", same_key: str | None = None):
         unknown = [c for c in candidate_sets if c not in CANDIDATE_SETS]
         if unknown:
             raise ValueError(f"candidate_sets {unknown}: expected names from {sorted(CANDIDATE_SETS)}")
+        if "cross_patient_same_key" in candidate_sets and not same_key:
+            raise ValueError("candidate_sets cross_patient_same_key needs same_key: the per-item key a candidate "
+                             "must share with its query (e.g. sequence)")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs={every_n_epochs}: expected >= 1")
         bad = [p for p in protocols if p not in ("all_queries", "paper")] or ([] if protocols else ["(none)"])
@@ -106,6 +113,7 @@ class RetrievalEvaluation(Callback):
         self.candidate_sets = list(candidate_sets)
         self.label_key = label_key
         self.group_key = group_key
+        self.same_key = same_key
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.metrics_filename = metrics_filename
@@ -122,7 +130,7 @@ class RetrievalEvaluation(Callback):
                             "(subclass datamodules.base.RetrievalDataModule)")
         return embed_dataset(trainer, pl_module, dm.retrieval_dataset(split),
                              batch_size=self.batch_size or dm.batch_size, num_workers=dm.num_workers,
-                             keys=(self.label_key, self.group_key))
+                             keys=(self.label_key, self.group_key) + ((self.same_key,) if self.same_key else ()))
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
         """Run the protocol for ``stage`` (``val`` or ``test``); returns ``{"<stage>/<key>": value}``."""
@@ -152,12 +160,16 @@ class RetrievalEvaluation(Callback):
             candidates, infix = CANDIDATE_SETS[name]
             infix = f"{self.key_prefix}{variant}{infix}"
             needs_groups = candidates != "all"
+            if candidates in KEYED_CANDIDATES:
+                q_groups, g_groups = (_keyed_groups(d, self.group_key, self.same_key) for d in (queries, gallery))
+            else:
+                q_groups, g_groups = queries.get(self.group_key), gallery.get(self.group_key)
             values, distances, indices = evaluate_retrieval(
                 queries[emb], gallery[emb], queries[self.label_key], gallery[self.label_key],
                 k_values=self.k_values, distance=dist, relevance=rule, metrics=self.metrics,
                 query_ids=queries["index"] if loo else None, gallery_ids=gallery["index"] if loo else None,
-                query_groups=queries[self.group_key] if needs_groups else None,
-                gallery_groups=gallery[self.group_key] if needs_groups else None, candidates=candidates,
+                query_groups=q_groups if needs_groups else None,
+                gallery_groups=g_groups if needs_groups else None, candidates=candidates,
                 return_neighbours=True, pairwise_score=scorer)
             for key, value in values.items():
                 target = counts if key.startswith("n_") else results
@@ -190,6 +202,8 @@ class RetrievalEvaluation(Callback):
                         "candidate_sets": self.candidate_sets, "protocols": self.protocols}
             if self.relevance_args:
                 protocol["relevance_args"] = self.relevance_args
+            if self.same_key:
+                protocol["same_key"] = self.same_key
             section = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                        "protocol": protocol, "metrics": values, **evaluation_section(trainer)}
             update_json(folder / self.metrics_filename, stage, section)
@@ -217,3 +231,11 @@ class RetrievalEvaluation(Callback):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(pl_module, self.evaluate(trainer, pl_module, "test"))
+
+
+def _keyed_groups(items: dict, group_key: str, same_key: str) -> Tensor:
+    """[N, 2] (group, key) columns for the ``other_group_same_key`` candidates."""
+    if same_key not in items:
+        raise KeyError(f"candidate set cross_patient_same_key: the retrieval samples carry no {same_key!r} "
+                       f"(same_key); found {sorted(items)}")
+    return torch.stack([torch.as_tensor(items[group_key]).long(), torch.as_tensor(items[same_key]).long()], 1)

@@ -11,7 +11,9 @@ from torch import Tensor
 from callbacks.validation import check_search_inputs
 
 DISTANCES = ("cosine", "euclidean", "hamming")
-CANDIDATES = ("all", "same_group", "other_group")
+CANDIDATES = ("all", "same_group", "other_group", "other_group_same_key")
+#: candidates whose groups are [N, 2] columns (group, key): another group and the same key (e.g. sequence)
+KEYED_CANDIDATES = ("other_group_same_key",)
 SIMILARITY = "similarity"  # scores of a pairwise scorer (callbacks.pairwise): distance = -score
 Prepared = tuple[Tensor, Tensor | None]
 
@@ -80,17 +82,25 @@ def check_candidates(candidates: str, query_groups: Tensor | None, gallery_group
         raise ValueError(f"unknown candidates {candidates!r}; valid: {', '.join(CANDIDATES)}")
     if candidates != "all" and (query_groups is None or gallery_groups is None):
         raise ValueError(f"candidates={candidates!r} needs query_groups and gallery_groups")
+    if candidates in KEYED_CANDIDATES and any(t.ndim != 2 or t.shape[1] != 2 for t in (query_groups, gallery_groups)):
+        raise ValueError(f"candidates={candidates!r} needs groups of shape [N, 2] (group, key), got "
+                         f"{tuple(query_groups.shape)} and {tuple(gallery_groups.shape)}")
 
 
 def candidate_mask(query_ids: Tensor | None, gallery_ids: Tensor | None,
                    query_groups: Tensor | None, gallery_groups: Tensor | None,
                    candidates: str = "all") -> Tensor | None:
     """Bool [q, g] block of allowed pairs (None: all allowed). Pairs with equal ids are excluded
-    (leave-one-out); ``same_group``/``other_group`` keep only gallery items of the same/another group."""
+    (leave-one-out); ``same_group``/``other_group`` keep only gallery items of the same/another group;
+    ``other_group_same_key`` (groups [N, 2] = (group, key)): another group with the same key."""
     mask = None
     if query_ids is not None and gallery_ids is not None:
         mask = query_ids.unsqueeze(1) != gallery_ids.unsqueeze(0)
-    if candidates != "all":
+    if candidates in KEYED_CANDIDATES:
+        same_key = query_groups[:, 1].unsqueeze(1) == gallery_groups[:, 1].unsqueeze(0)
+        group_ok = (query_groups[:, 0].unsqueeze(1) != gallery_groups[:, 0].unsqueeze(0)) & same_key
+        mask = group_ok if mask is None else mask & group_ok
+    elif candidates != "all":
         same = query_groups.unsqueeze(1) == gallery_groups.unsqueeze(0)
         group_ok = same if candidates == "same_group" else ~same
         mask = group_ok if mask is None else mask & group_ok

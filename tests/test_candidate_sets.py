@@ -62,3 +62,32 @@ def test_restricted_sets_score_every_metric_on_the_same_queries():
                               candidates="same_group")
     # Unscored: lesion 11 (patient 3, alone), 8, 9, 10 (patient 2, no shared type).
     assert same["n_queries_scored"] == 8
+
+
+def test_cross_patient_same_key_keeps_other_patients_with_the_query_key():
+    # key = image sequence: lesions 0, 2, 4 are sequence 0, lesions 1, 3, 5 sequence 1.
+    seq = torch.tensor([0, 1, 0, 1, 0, 1])
+    groups = torch.stack([PATIENT, seq], 1)
+    _, idx = exact_topk(EMB, EMB, 3, "euclidean", query_ids=IDS, gallery_ids=IDS, query_groups=groups,
+                        gallery_groups=groups, candidates="other_group_same_key")
+    # q2 (patient 1, seq 0): other patients' seq-0 lesions 0 and 4 (both at distance 2 -> lower index first).
+    assert idx[2].tolist() == [0, 4, -1]
+    # q5 (patient 2, seq 1): 3 (distance 2), 1 (distance 4); lesion 4 (same patient) and 2 (seq 0) never.
+    assert idx[5].tolist() == [3, 1, -1]
+    # R counts the same candidates: q0 (type 4, seq 0) has lesions 2 and 4 (type 4, seq 0, other patients).
+    m = evaluate_retrieval(EMB, EMB, TYPE, TYPE, k_values=[1], distance="euclidean", metrics=["AP"],
+                           query_ids=IDS, gallery_ids=IDS, query_groups=groups, gallery_groups=groups,
+                           candidates="other_group_same_key")
+    # q5 (type 4, seq 1, patient 2) sees only lesions 1 and 3 (type 5): the one query without a relevant item.
+    assert m["n_queries_without_relevant"] == 1
+    with pytest.raises(ValueError, match=r"groups of shape \[N, 2\]"):
+        exact_topk(EMB, EMB, 1, "euclidean", query_groups=PATIENT, gallery_groups=PATIENT,
+                   candidates="other_group_same_key")
+
+
+def test_callback_cross_patient_same_key_needs_the_key():
+    from callbacks import RetrievalEvaluation
+    with pytest.raises(ValueError, match="needs same_key"):
+        RetrievalEvaluation(candidate_sets=["cross_patient_same_key"])
+    cb = RetrievalEvaluation(candidate_sets=["cross_patient_same_key"], same_key="sequence")
+    assert cb.same_key == "sequence"
