@@ -143,7 +143,8 @@ class RetrievalEvaluation(Callback):
         scorer = pairwise_scorer(pl_module, distance)
         rule = make_relevance(self.relevance, self.relevance_args, trainer.datamodule)
         if screen_embeddings({query_split: queries["embedding"], self.gallery_split: gallery["embedding"]}
-                             if not loo else {query_split: queries["embedding"]}, self.non_finite):
+                             if not loo else {query_split: queries["embedding"]}, self.non_finite,
+                             items=scorer is not None):
             self.neighbours.pop(stage, None)
             labels = torch.as_tensor(queries[self.label_key])
             results = nan_metrics(metric_keys(self.metrics, self.k_values,

@@ -48,11 +48,14 @@ def _first(rows: Tensor, n: int = 5) -> str:
     return f"{shown}{' ...' if len(rows) > n else ''}"
 
 
-def check_embeddings(x, name: str = "embeddings", split: str | None = None) -> Tensor:
+def check_embeddings(x, name: str = "embeddings", split: str | None = None, items: bool = False) -> Tensor:
     """``x`` as a non-empty [N, D] tensor of finite numbers; else ValueError (``NonFiniteEmbeddings`` for
-    NaN / inf rows, naming the split and how many items are affected)."""
+    NaN / inf rows, naming the split and how many items are affected). ``items=True``: per-item arrays of
+    any shape [N, ...] (what a pairwise scorer such as SSIM reads, e.g. images), checked as [N, -1]."""
     t = as_tensor(x, name)
     where = _where(name, split)
+    if items and t.ndim > 2:
+        t = t.reshape(len(t), -1)
     if t.ndim != 2:
         raise ValueError(f"{where}: expected a 2-D array [N items, D dims], got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
@@ -132,11 +135,12 @@ def check_search_inputs(queries: Tensor, gallery: Tensor, distance: str, k: int,
 
 
 def check_retrieval_inputs(q_emb: Tensor, g_emb: Tensor, q_lab: Tensor, g_lab: Tensor, rule,
-                           k_values: Sequence[int]) -> None:
-    """``evaluate_retrieval``'s arrays: embeddings, labels that suit the rule, k_values within the gallery."""
-    check_embeddings(q_emb, "query embeddings")
+                           k_values: Sequence[int], items: bool = False) -> None:
+    """``evaluate_retrieval``'s arrays: embeddings (``items``: any per-item shape, for pairwise scorers),
+    labels that suit the rule, k_values within the gallery."""
+    check_embeddings(q_emb, "query embeddings", items=items)
     if g_emb is not q_emb:
-        check_embeddings(g_emb, "gallery embeddings")
+        check_embeddings(g_emb, "gallery embeddings", items=items)
     if q_lab is None or g_lab is None:
         raise ValueError("query_labels and gallery_labels are required (relevance is computed from labels)")
     check_lengths(len(q_emb), "query embeddings", query_labels=q_lab)
@@ -171,13 +175,13 @@ def check_policy(policy: str) -> str:
     return policy
 
 
-def screen_embeddings(splits: dict[str, Tensor], policy: str = "error") -> str | None:
+def screen_embeddings(splits: dict[str, Tensor], policy: str = "error", items: bool = False) -> str | None:
     """Check the embeddings of each named split for NaN / inf. ``policy="error"`` raises
     ``NonFiniteEmbeddings`` naming the split; ``"warn"`` warns and returns the message (None when clean)."""
     check_policy(policy)
     for split, emb in splits.items():
         try:
-            check_embeddings(emb, "embeddings", split=split)
+            check_embeddings(emb, "embeddings", split=split, items=items)
         except NonFiniteEmbeddings as err:
             if policy == "error":
                 raise

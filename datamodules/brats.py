@@ -37,7 +37,7 @@ import torch
 from monai.transforms import NormalizeIntensity, Resize
 from torch.utils.data import Dataset
 
-from callbacks.visual_similarity import generic_fourier_descriptor, grey_histogram, pack_attributes
+from datamodules.attributes import generic_fourier_descriptor, grey_histogram, pack_attributes
 from datamodules.base import RetrievalDataModule, TransformedDataset
 from datamodules.cache import cache_key, ensure_data_root, file_stats, npz_cached, write_phantom_atomic
 from datamodules.decathlon_liver import load_nifti, to_display
@@ -229,7 +229,7 @@ class BraTSDataModule(RetrievalDataModule):
 
     @property
     def attribute_layout(self) -> dict[str, int]:
-        """Widths of the parts of ``attributes`` (see :mod:`callbacks.visual_similarity`)."""
+        """Widths of the parts of ``attributes`` (see :mod:`datamodules.attributes`)."""
         return {"wt_mask": self.attribute_mask_size ** 2, "histogram": self.histogram_bins,
                 "gfd": self.gfd_radial * self.gfd_angular}
 

@@ -53,11 +53,23 @@ def newest_run(trainer_cfg) -> Optional[Path]:
     return None
 
 
+def needs_checkpoint(cfg) -> bool:
+    """False for a method with nothing to learn (``needs_checkpoint = False``, e.g. the SSIM baseline)."""
+    import importlib
+
+    class_path = getattr(cfg.get("model"), "class_path", None) if cfg.get("model") is not None else None
+    try:
+        module, name = str(class_path).rsplit(".", 1)
+        return bool(getattr(getattr(importlib.import_module(module), name), "needs_checkpoint", True))
+    except (ImportError, AttributeError, ValueError):
+        return True
+
+
 def resolve_checkpoint(subcommand: str, cfg) -> Optional[str]:
     """Check the checkpoint of an evaluation subcommand and resolve ``best`` / ``last``; returns the path."""
     ckpt = cfg.get("ckpt_path")
     if ckpt is None:
-        if cfg.get("allow_untrained"):
+        if cfg.get("allow_untrained") or not needs_checkpoint(cfg):
             return None
         raise UntrainedEvaluationError(
             f"`{subcommand}` without --ckpt_path would score the model's initial (untrained) weights. Pass "

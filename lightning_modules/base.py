@@ -19,6 +19,7 @@ class RetrievalModule(pl.LightningModule):
     """
 
     search_space: str = "cosine"
+    needs_checkpoint: bool = True  # False: nothing to learn, so validate / test / predict need no --ckpt_path
 
     def embed(self, images: Tensor) -> Tensor:
         """Retrieval embedding of a batch of images, shape [B, D]."""

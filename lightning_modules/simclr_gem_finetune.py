@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 from lightning_modules.base import RetrievalModule

@@ -23,6 +23,7 @@ class SSIMBaseline(RetrievalModule):
     """
 
     search_space = "pairwise"
+    needs_checkpoint = False  # nothing is trained: evaluations need no --ckpt_path
 
     def __init__(self, win_size: int = 7, data_range: float = 255.0):
         super().__init__()

@@ -137,13 +137,13 @@ CLI_CASES = [
          "error: model.init_args.projection_dim='64': not a parameter of lightning_modules.simsiam.SimSiam"),
     Case(CLI, "bad callback argument", cli(CB + '{"class_path": "callbacks.RetrievalGrid", '
                                            '"init_args": {"every_n_epochs": 0}}'), SystemExit,
-         "error: trainer.callbacks[6].init_args.every_n_epochs=0: expected >= 1"),
+         "error: trainer.callbacks[8].init_args.every_n_epochs=0: expected >= 1"),
     Case(CLI, "a callback configured twice with clashing outputs", cli(CB + "callbacks.RetrievalEvaluation"),
-         SystemExit, "error: trainer.callbacks[6] and trainer.callbacks[0]: callbacks.RetrievalEvaluation is "
+         SystemExit, "error: trainer.callbacks[8] and trainer.callbacks[0]: callbacks.RetrievalEvaluation is "
                      "configured twice and both write"),
     Case(CLI, "monitor key that no callback logs", cli(CB + '{"class_path": "pytorch_lightning.callbacks.'
                                                        'EarlyStopping", "init_args": {"monitor": "val/mP@3"}}'),
-         SystemExit, "error: trainer.callbacks[6].init_args.monitor='val/mP@3': no callback logs this key"),
+         SystemExit, "error: trainer.callbacks[8].init_args.monitor='val/mP@3': no callback logs this key"),
     Case(CLI, "--ckpt_path of another method", cli(lambda ctx: f"--ckpt_path={_vae_ckpt(ctx)}", sub="test"),
          SystemExit,
          "written by lightning_modules.vae.VAE, but the config's model.class_path is "

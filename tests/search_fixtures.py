@@ -30,7 +30,7 @@ def shipped_file(name: str) -> Path | None:
 
 def phantom_args(data_root: Path) -> list[str]:
     return [f"--config={CONFIGS / 'simsiam_phantom.yaml'}", f"--data.init_args.data_root={data_root}",
-            "--data.init_args.image_size=64", "--data.init_args.train_volumes=5",
+            "--data.init_args.image_size=64", "--data.init_args.train_volumes=5", "--data.init_args.val_volumes=0",
             "--data.init_args.num_workers=0", "--data.init_args.slices_with_liver=3",
             "--data.init_args.slices_without_liver=2", "--data.init_args.batch_size=8",
             "--model.init_args.proj_hidden_dim=64", "--model.init_args.proj_dim=64",
