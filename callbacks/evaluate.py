@@ -157,7 +157,8 @@ def evaluate_retrieval(query_embeddings: ArrayLike, gallery_embeddings: ArrayLik
     g_emb = q_emb if gallery_embeddings is query_embeddings else _tensor(gallery_embeddings, dev,
                                                                          "gallery_embeddings")
     q_lab, g_lab = _tensor(query_labels, dev, "query_labels"), _tensor(gallery_labels, dev, "gallery_labels")
-    check_distance(distance)
+    if pairwise_score is None:  # a pairwise scorer ranks by its own score (search_space "pairwise")
+        check_distance(distance)
     check_retrieval_inputs(q_emb, g_emb, q_lab, g_lab, rule, ks, items=pairwise_score is not None)
     aux = {"query_ids": _tensor(query_ids, dev), "gallery_ids": _tensor(gallery_ids, dev),
            "query_groups": _tensor(query_groups, dev), "gallery_groups": _tensor(gallery_groups, dev),
