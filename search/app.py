@@ -16,7 +16,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from search.query import QueryError, read_bounded
+from search.query import QueryError, parse_crop, read_bounded
 from search.service import SearchService
 
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -40,15 +40,10 @@ def _static(name: str) -> str:
 
 
 def _crop(text: str | None):
-    if not text:
-        return None
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise HTTPException(422, f"crop={text!r}: expected x0,y0,x1,y1 as fractions of the width / height")
-    return values
+        return parse_crop(text, "crop=")
+    except QueryError as err:
+        raise HTTPException(422, str(err)) from None
 
 
 def create_app(service: SearchService) -> FastAPI:

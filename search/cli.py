@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from search.index import IndexMismatch
+from search.query import QueryError, parse_crop
 
 log = logging.getLogger(__name__)
 COMMANDS = ("index", "search", "serve")
@@ -101,15 +102,10 @@ def _config_name(rest: list[str]) -> str:
 
 
 def _crop(text: str | None):
-    if not text:
-        return None
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise SystemExit(f"--crop {text!r}: expected x0,y0,x1,y1 as fractions of the width / height")
-    return values
+        return parse_crop(text, "--crop")
+    except QueryError as err:
+        raise SystemExit(str(err)) from None
 
 
 def results_table(results: list[dict]) -> str:

@@ -49,6 +49,19 @@ class QueryImage:
     meta: dict = field(default_factory=dict)
 
 
+def parse_crop(text: str | None, name: str) -> list[float] | None:
+    """``"x0,y0,x1,y1"`` (fractions of width / height) as four floats; ``None`` for an empty value."""
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise QueryError(f"{name} {text!r}: expected x0,y0,x1,y1 as fractions of the width / height")
+    return values
+
+
 def file_kind(filename: str) -> str:
     """``dicom`` / ``nifti`` / ``png`` / ``jpeg`` from the file name; QueryError(415) for anything else."""
     name = (filename or "").lower()
