@@ -1,27 +1,29 @@
 """Exact Hamming top-k on bit-packed binary codes (docs/metrics.md tie rule: equal distances -> lower gallery index).
 
 Codes (+-1 or {0, 1}, any D) are packed to bits, 64 per uint64 word (``pack_codes``): a 64-bit code takes 8
-bytes instead of 256 as float32. Search runs in ``query_chunk x gallery_chunk`` blocks: XOR + popcount
-(``np.bitwise_count``), then per query a running top-k: a gallery item of a later block can only enter when
-its distance is *strictly* below the current k-th distance (later blocks hold higher indices), so after the
-first block almost nothing is merged. Query chunks run in threads (numpy releases the GIL).
+bytes instead of 256 as float32. Three backends return identical neighbours:
 
-``backend="faiss"`` uses FAISS ``IndexBinaryFlat`` (exhaustive, multi-threaded) and restores the tie rule:
-it asks for 2k neighbours, and rows where items at the k-th distance may have been cut off are completed with
-a range search; both backends return identical neighbours. ``auto`` takes FAISS for galleries of at least
-``FAISS_MIN_GALLERY`` items when no candidate restriction (ids, groups) is requested and faiss is installed.
+- ``numba`` (:mod:`callbacks.hamming_kernel`): one compiled pass over the gallery per batch of queries, SIMD
+  popcounts, a histogram cut-off instead of a sort; the default for unrestricted search.
+- ``numpy``: ``query_chunk x gallery_chunk`` blocks, XOR + ``np.bitwise_count``, then per query a running
+  top-k: a later block's item only enters when its distance is *strictly* below the current k-th distance
+  (later blocks hold higher indices). It alone applies candidate restrictions (ids, patient groups), so
+  ``auto`` takes it whenever a restriction is requested.
+- ``faiss``: FAISS ``IndexBinaryFlat`` (exhaustive, multi-threaded) with the tie rule restored: it asks for
+  2k neighbours, and rows where items at the k-th distance may have been cut off are completed with a range
+  search. Unrestricted search only.
 """
 from __future__ import annotations
 
-import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import Tensor
 
-FAISS_MIN_GALLERY = 200_000
-BACKENDS = ("auto", "numpy", "faiss")
+from callbacks.hamming_kernel import counting_topk_packed
+
+BACKENDS = ("auto", "numba", "numpy", "faiss")
 MAX_BLOCK = 1 << 21  # query_chunk x gallery_chunk elements per block (uint64 XOR: 16 MB)
 
 
@@ -60,16 +62,15 @@ def pack_codes(x, words: bool = True) -> np.ndarray:
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
-def popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per uint64 element (``np.bitwise_count`` on numpy >= 2, a byte table before)."""
+def popcount(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Set bits per uint64 element as uint8 (``np.bitwise_count`` on numpy >= 2, a byte table before)."""
     if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8)
-
-
-def _distances(q: np.ndarray, g: np.ndarray, dtype) -> np.ndarray:
-    x = popcount(q[:, None, :] ^ g[None, :, :])
-    return x[:, :, 0].astype(dtype, copy=False) if x.shape[2] == 1 else x.sum(2, dtype=dtype)
+        return np.bitwise_count(x, out=out) if out is not None else np.bitwise_count(x)
+    counts = _POPCOUNT8[np.ascontiguousarray(x).view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8)
+    if out is None:
+        return counts
+    out[...] = counts
+    return out
 
 
 def _merge(run_d, run_i, rows, cand_d, cand_i, k):
@@ -85,6 +86,31 @@ def _merge(run_d, run_i, rows, cand_d, cand_i, k):
     return all_d[keep].reshape(r, k), all_i[keep].reshape(r, k)
 
 
+class _Blocks:
+    """Reused buffers for the XOR / popcount / threshold passes of one query chunk against gallery blocks
+    of up to ``gc`` items (no allocation per block: fresh 10 MB arrays cost page faults every block)."""
+
+    def __init__(self, r: int, gc: int, words: int, dtype):
+        self.xor = np.empty((r, gc, words), np.uint64)
+        self.bits = np.empty((r, gc, words), np.uint8)
+        self.dist = self.bits[:, :, 0] if words == 1 else np.empty((r, gc), dtype)
+        self.below = np.empty((r, gc), bool)
+
+    def distances(self, q: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """Hamming distances [r, n] of the packed queries ``q`` [r, W] to the gallery block ``g`` [n, W]."""
+        n = g.shape[0]
+        x = np.bitwise_xor(q[:, None, :], g[None, :, :], out=self.xor[:, :n])
+        c = popcount(x, out=self.bits[:, :n])
+        if c.shape[2] == 1:
+            return self.dist[:, :n]
+        return np.sum(c, axis=2, dtype=self.dist.dtype, out=self.dist[:, :n])
+
+    def below_cut(self, d: np.ndarray, cut: np.ndarray):
+        """(rows, cols) of the block entries with distance < the row's cut."""
+        below = np.less(d, cut[:, None], out=self.below[:, : d.shape[1]])
+        return np.nonzero(below)
+
+
 def _query_chunk(q, g, k, n_bits, gc, mask_fn):
     """Exact top-k of a chunk of packed queries against the whole packed gallery."""
     dtype = np.uint8 if n_bits < 255 else np.uint16
@@ -93,9 +119,10 @@ def _query_chunk(q, g, k, n_bits, gc, mask_fn):
     run_d = np.full((r, k), sent, np.int64)
     run_i = np.full((r, k), -1, np.int64)
     thr = np.full(r, sent, np.int64)               # an item can enter when its distance < thr
+    blocks = _Blocks(r, min(gc, g.shape[0]), q.shape[1], dtype)
     for gs in range(0, g.shape[0], gc):
         ge = min(gs + gc, g.shape[0])
-        d = _distances(q, g[gs:ge], dtype)
+        d = blocks.distances(q, g[gs:ge])
         if mask_fn is not None:
             allowed = mask_fn(gs, ge)
             if allowed is not None:
@@ -105,7 +132,7 @@ def _query_chunk(q, g, k, n_bits, gc, mask_fn):
         if open_rows.size and ge - gs > k:         # list not full yet: at most the block's own k best can enter
             kth = np.partition(d[open_rows], k - 1, axis=1)[:, k - 1].astype(np.int64)
             cut[open_rows] = np.minimum(cut[open_rows], kth + 1)
-        rows, cols = np.nonzero(d < cut.astype(d.dtype)[:, None])   # cut <= sent fits d's dtype
+        rows, cols = blocks.below_cut(d, cut.astype(d.dtype))      # cut <= sent fits d's dtype
         if rows.size:
             run_d, run_i = _merge(run_d, run_i, rows, d[rows, cols].astype(np.int64), cols + gs, k)
             full = run_i[:, -1] >= 0
@@ -176,23 +203,25 @@ def hamming_topk(queries, gallery, k: int, *, mask_fn=None, restricted: bool = F
     """Exact Hamming top-k of binary codes (+-1 or {0,1}): ``(distances float32 [Q, k], indices int64)`` as
     torch tensors on the queries' device, ties broken by gallery index; excluded pairs never appear (index
     -1, distance inf). ``mask_fn(qs, qe, gs, ge)`` gives the allowed block (None: all); ``restricted`` says
-    whether one is in use (FAISS cannot restrict candidates)."""
+    whether one is in use (only the numpy backend restricts candidates)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
     n_bits = int(queries.shape[1])
-    n_g = int(gallery.shape[0])
-    use_faiss = backend == "faiss" or (backend == "auto" and not restricted and n_g >= FAISS_MIN_GALLERY
-                                       and n_bits % 8 == 0 and importlib.util.find_spec("faiss") is not None)
-    if use_faiss and restricted:
-        raise ValueError("backend='faiss' cannot restrict candidates (ids / groups); use backend='numpy'")
+    if restricted and backend in ("numba", "faiss"):
+        raise ValueError(f"backend={backend!r} cannot restrict candidates (ids / groups); use backend='numpy'")
+    if backend == "auto":
+        backend = "numpy" if restricted else "numba"
     device = queries.device if isinstance(queries, Tensor) else torch.device("cpu")
-    if use_faiss:
+    if backend == "faiss":
         d, i = faiss_hamming_topk(pack_codes(queries, words=False), pack_codes(gallery, words=False), k, n_bits)
     else:
         q = pack_codes(queries)
         g = q if gallery is queries else pack_codes(gallery)
-        d, i = hamming_topk_packed(q, g, k, n_bits, query_chunk=query_chunk, gallery_chunk=gallery_chunk,
-                                   mask_fn=mask_fn)
+        if backend == "numba":
+            d, i = counting_topk_packed(q, g, k, n_bits, threads=torch.get_num_threads())
+        else:
+            d, i = hamming_topk_packed(q, g, k, n_bits, query_chunk=query_chunk, gallery_chunk=gallery_chunk,
+                                       mask_fn=mask_fn)
     missing = i < 0
     dist = torch.from_numpy(d.astype(np.float32))
     dist[torch.from_numpy(missing)] = float("inf")
