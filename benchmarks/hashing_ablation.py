@@ -41,6 +41,14 @@ def chance_p10(dm: ChestXray14DataModule) -> float:
     return float(((q @ g.T) > 0).float().mean())
 
 
+def distinct_codes(model: AttentionHashing, dm: ChestXray14DataModule) -> int:
+    """Number of different binary codes the model gives the test images (1 = a degenerate code)."""
+    model.eval()
+    with torch.no_grad():
+        codes = torch.cat([model.embed(b["image"]) for b in dm.test_dataloader()])
+    return len(torch.unique(codes, dim=0))
+
+
 def scores(variant: str, bits: int, root: Path, size: int, epochs: int, seed: int, mode: str, tmp: Path) -> dict:
     blocks, fc = VARIANTS[variant]
     pl.seed_everything(seed)
@@ -55,7 +63,7 @@ def scores(variant: str, bits: int, root: Path, size: int, epochs: int, seed: in
     if mode != "untrained":
         trainer.fit(model, datamodule=dm)
     out = trainer.test(model, datamodule=dm, verbose=False)[0]
-    return {k: float(out[k]) for k in KEYS}
+    return {**{k: float(out[k]) for k in KEYS}, "codes": distinct_codes(model, dm)}
 
 
 def main(argv=None) -> None:
@@ -80,12 +88,14 @@ def main(argv=None) -> None:
                    for mode in ("untrained", "control", "trained")}
             rows.append((variant, seed, res))
             print(f"{variant} seed {seed} ({time.perf_counter() - start:.0f} s): "
-                  + "; ".join(f"{k} " + " / ".join(f"{res[m][k]:.3f}" for m in res) for k in KEYS), flush=True)
-    print(f"\n| variant | seed | binary P@10 untrained / control / trained | float P@10 untrained / control / "
-          f"trained |\n|---|---|---|---|")
+                  + "; ".join(f"{k} " + " / ".join(f"{res[m][k]:.3f}" for m in res) for k in KEYS)
+                  + "; distinct test codes " + " / ".join(str(res[m]["codes"]) for m in res), flush=True)
+    print(f"\n| variant | seed | binary P@10 untrained / control / trained | float P@10 untrained / "
+          f"control / trained | distinct test codes |\n|---|---|---|---|---|")
     for variant, seed, res in rows:
         cells = [" / ".join(f"{res[m][k]:.3f}" for m in ("untrained", "control", "trained")) for k in KEYS]
-        print(f"| {variant} | {seed} | {cells[0]} | {cells[1]} |")
+        n = " / ".join(str(res[m]["codes"]) for m in ("untrained", "control", "trained"))
+        print(f"| {variant} | {seed} | {cells[0]} | {cells[1]} | {n} |")
     print(f"\nchance P@10 = {chance:.3f}")
 
 
