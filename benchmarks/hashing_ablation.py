@@ -90,8 +90,8 @@ def main(argv=None) -> None:
             print(f"{variant} seed {seed} ({time.perf_counter() - start:.0f} s): "
                   + "; ".join(f"{k} " + " / ".join(f"{res[m][k]:.3f}" for m in res) for k in KEYS)
                   + "; distinct test codes " + " / ".join(str(res[m]["codes"]) for m in res), flush=True)
-    print(f"\n| variant | seed | binary P@10 untrained / control / trained | float P@10 untrained / "
-          f"control / trained | distinct test codes |\n|---|---|---|---|---|")
+    print("\n| variant | seed | binary P@10 untrained / control / trained | float P@10 untrained / "
+          "control / trained | distinct test codes |\n|---|---|---|---|---|")
     for variant, seed, res in rows:
         cells = [" / ".join(f"{res[m][k]:.3f}" for m in ("untrained", "control", "trained")) for k in KEYS]
         n = " / ".join(str(res[m]["codes"]) for m in ("untrained", "control", "trained"))
