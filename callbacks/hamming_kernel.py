@@ -1,4 +1,5 @@
-"""Exact Hamming top-k in one pass over the gallery, compiled with numba (threads over query batches).
+"""Exact Hamming top-k in one pass over the gallery, compiled with numba (Python threads over query ranges;
+the kernel releases the GIL).
 
 Distances of a K-bit code are integers 0..K, so the top-k needs no sort (docs/metrics.md tie rule: equal
 distances -> lower gallery index). A batch of B queries walks the gallery tile by tile: the tile's codes are
@@ -11,8 +12,11 @@ the result is sorted by (distance, index) exactly as a stable sort of the full d
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 
@@ -104,22 +108,18 @@ def _batch_topk(qb, g, k, n_bits, out_d, out_i, tile):
                 start[d] += 1
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _topk_all(q, g, k, n_bits, out_d, out_i, batch, tile):
-    n_q = q.shape[0]
-    n_batches = (n_q + batch - 1) // batch
-    for task in prange(n_batches):
-        lo = task * batch
-        hi = min(n_q, lo + batch)
-        _batch_topk(q[lo:hi].copy(), g, k, n_bits, out_d[lo:hi], out_i[lo:hi], tile)
+@njit(cache=True, nogil=True)
+def _topk_range(q, g, k, n_bits, out_d, out_i, lo, hi, batch, tile):
+    """Queries q[lo:hi], ``batch`` at a time (one thread; releases the GIL)."""
+    for start in range(lo, hi, batch):
+        stop = min(hi, start + batch)
+        _batch_topk(q[start:stop].copy(), g, k, n_bits, out_d[start:stop], out_i[start:stop], tile)
 
 
 def counting_topk_packed(q: np.ndarray, g: np.ndarray, k: int, n_bits: int, threads: int | None = None,
                          batch: int = 16, tile: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k on packed uint64 codes ``q`` [Q, W], ``g`` [G, W] (k <= G): (distances int64 [Q, k],
-    indices int64 [Q, k]) sorted by (distance, gallery index); ``threads`` defaults to numba's count."""
-    import numba
-
+    indices int64 [Q, k]) sorted by (distance, gallery index); ``threads`` defaults to the CPU count."""
     if not 1 <= k <= g.shape[0]:
         raise ValueError(f"k={k} must be between 1 and the gallery size {g.shape[0]}")
     if n_bits >= 1 << 16:
@@ -127,12 +127,16 @@ def counting_topk_packed(q: np.ndarray, g: np.ndarray, k: int, n_bits: int, thre
     n_q = q.shape[0]
     out_d = np.empty((n_q, k), np.int64)
     out_i = np.empty((n_q, k), np.int64)
-    if n_q:
-        workers = max(1, min(threads or numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        previous = numba.get_num_threads()
-        numba.set_num_threads(workers)
-        try:
-            _topk_all(np.ascontiguousarray(q), np.ascontiguousarray(g), k, n_bits, out_d, out_i, batch, tile)
-        finally:
-            numba.set_num_threads(previous)
+    q, g = np.ascontiguousarray(q), np.ascontiguousarray(g)
+    workers = max(1, min(threads or os.cpu_count() or 1, -(-n_q // batch)))
+    bounds = np.linspace(0, n_q, workers + 1).astype(np.int64)
+
+    def run(part: int) -> None:
+        _topk_range(q, g, k, n_bits, out_d, out_i, bounds[part], bounds[part + 1], batch, tile)
+
+    if workers == 1:
+        run(0)
+    else:     # Python threads, not numba's OpenMP layer: a second OpenMP runtime beside torch's changed
+        with ThreadPoolExecutor(workers) as pool:     # torch's float results after a resume
+            list(pool.map(run, range(workers)))
     return out_d, out_i
