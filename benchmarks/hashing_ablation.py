@@ -2,7 +2,7 @@
 
 For each variant (the four ``*hashing*_phantom`` configs' models, at a CPU size) and seed: test P@10 of the
 untrained network, of the equal-steps control (same batches and steps, weights frozen, BatchNorm statistics
-updated: ``callbacks.learning_curve.FrozenWeights``) and of the trained network, for the binary codes
+updated: ``callbacks.learning_curve.evaluate_after_steps``) and of the trained network, for the binary codes
 (Hamming, ``test/P@10``) and the relaxed codes (``test/float/P@10``). Also prints the chance level (the
 expected P@10 of a random ranking: the mean share of gallery items that share a finding with the query), so a
 degenerate code (every image the same code: ties ranked by gallery index) can be read against it.
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from callbacks import RetrievalEvaluation  # noqa: E402
-from callbacks.learning_curve import FrozenWeights  # noqa: E402
+from callbacks.learning_curve import evaluate_after_steps  # noqa: E402
 from datamodules.chestxray14 import ChestXray14DataModule  # noqa: E402
 from datamodules.synthetic.chestxray14 import write_chestxray14_phantom  # noqa: E402
 from lightning_modules.attention_hashing import AttentionHashing  # noqa: E402
@@ -55,14 +55,8 @@ def scores(variant: str, bits: int, root: Path, size: int, epochs: int, seed: in
     model = AttentionHashing(hash_bits=bits, attention_blocks=blocks, fc_dim=fc, attention_channels=(4, 4, 8, 8, 8),
                              lr=1e-3)
     dm = ChestXray14DataModule(str(root), image_size=size, num_workers=0, sampler="shuffle")
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
-                         callbacks=[RetrievalEvaluation(relevance="label_overlap", k_values=[10], metrics=["P"]),
-                                    *([FrozenWeights()] if mode == "control" else [])],
-                         default_root_dir=tmp, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0)
-    if mode != "untrained":
-        trainer.fit(model, datamodule=dm)
-    out = trainer.test(model, datamodule=dm, verbose=False)[0]
+    evaluation = RetrievalEvaluation(relevance="label_overlap", k_values=[10], metrics=["P"])
+    out = evaluate_after_steps(model, dm, [evaluation], 0 if mode == "untrained" else epochs, mode == "control", tmp)
     return {**{k: float(out[k]) for k in KEYS}, "codes": distinct_codes(model, dm)}
 
 

@@ -149,3 +149,17 @@ class FrozenWeights(Callback):
     def on_train_end(self, trainer, pl_module):
         for n, p in pl_module.named_parameters():
             assert torch.equal(p.detach(), self._saved[n]), f"control weight {n} moved"
+
+
+def evaluate_after_steps(model: pl.LightningModule, datamodule: pl.LightningDataModule, callbacks: list,
+                         epochs: int, frozen: bool, root_dir, **trainer_kwargs) -> dict:
+    """The test-split results of ``model`` after ``epochs`` of training (0: untrained), with the weights frozen
+    (:class:`FrozenWeights`, the equal-steps control) or not. No logger, checkpoints or validation; the caller
+    seeds and builds model and data, so untrained / control / trained start from the same state."""
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
+                         callbacks=[*callbacks, *([FrozenWeights()] if frozen else [])], default_root_dir=root_dir,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, **trainer_kwargs)
+    if epochs:
+        trainer.fit(model, datamodule=datamodule)
+    return trainer.test(model, datamodule=datamodule, verbose=False)[0]

@@ -14,6 +14,15 @@ os.environ.setdefault("WANDB_MODE", "offline")
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
+def packaged_label_file(name: str) -> Path:
+    """A real label file shipped inside torchxrayvision's wheel (dev dependency); skips when absent."""
+    txv = pytest.importorskip("torchxrayvision")
+    path = Path(txv.__file__).parent / "data" / name
+    if not path.is_file():
+        pytest.skip(f"torchxrayvision does not ship {name}")
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one intra-op thread avoids fork-join waits on a busy CPU (several times faster)."""

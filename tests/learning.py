@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import pytorch_lightning as pl
 
-from callbacks.learning_curve import FrozenWeights
+from callbacks.learning_curve import FrozenWeights, evaluate_after_steps  # noqa: F401 (FrozenWeights re-exported)
 
 
 @dataclass
@@ -31,17 +31,10 @@ class LearningResult:
 def _score(make_model, make_data, make_callback, epochs: int, key: str, tmp_path: Path, seed: int,
            frozen: bool, trainer_kwargs: dict) -> tuple[float, int]:
     pl.seed_everything(seed)
-    model, dm = make_model(), make_data()
-    extra = [FrozenWeights()] if frozen else []
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
-                         callbacks=[make_callback(), *extra], default_root_dir=tmp_path,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, **trainer_kwargs)
-    if epochs:
-        trainer.fit(model, datamodule=dm)
-    value = float(trainer.test(model, datamodule=dm, verbose=False)[0][key])
-    counts = next((cb.last_results.get("test", {}) for cb in trainer.callbacks if hasattr(cb, "last_results")), {})
-    return value, int(counts.get(f"{key.rsplit('/', 1)[0]}/n_queries_scored", 0))
+    evaluation = make_callback()
+    out = evaluate_after_steps(make_model(), make_data(), [evaluation], epochs, frozen, tmp_path, **trainer_kwargs)
+    counts = getattr(evaluation, "last_results", {}).get("test", {})
+    return float(out[key]), int(counts.get(f"{key.rsplit('/', 1)[0]}/n_queries_scored", 0))
 
 
 def learning_check(make_model: Callable, make_data: Callable, make_callback: Callable, epochs: int, key: str,

@@ -17,14 +17,11 @@ from datamodules.synthetic.chestxray14 import (
     write_chestxray14_phantom,
 )
 from datamodules.transforms.xray import invert_xray
+from tests.conftest import packaged_label_file
 
 
 def real_csv() -> Path:
-    txv = pytest.importorskip("torchxrayvision")
-    path = Path(txv.__file__).parent / "data" / "Data_Entry_2017_v2020.csv.gz"
-    if not path.is_file():
-        pytest.skip("torchxrayvision does not ship Data_Entry_2017_v2020.csv.gz")
-    return path
+    return packaged_label_file("Data_Entry_2017_v2020.csv.gz")
 
 
 @pytest.fixture(scope="module")

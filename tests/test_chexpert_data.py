@@ -8,14 +8,11 @@ import pytest
 
 from datamodules.chexpert import CheXpertDataModule, apply_uncertainty, read_chexpert_csv
 from datamodules.synthetic.chexpert import CSV_COLUMNS, FINDINGS, write_chexpert_phantom
+from tests.conftest import packaged_label_file
 
 
 def real_train_csv() -> Path:
-    xrv = pytest.importorskip("torchxrayvision")
-    path = Path(xrv.__file__).parent / "data" / "chexpert_train.csv.gz"
-    if not path.is_file():
-        pytest.skip("torchxrayvision does not ship chexpert_train.csv.gz")
-    return path
+    return packaged_label_file("chexpert_train.csv.gz")
 
 
 @pytest.fixture(scope="module")
